@@ -1,0 +1,1 @@
+"""PyTorch runners: the target adapters and the DREAM draft behind the runtime's runner interface."""

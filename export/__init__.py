@@ -1,0 +1,1 @@
+"""dream-s-edge export: ONNX graphs, TensorRT engines and the artifact manifest."""

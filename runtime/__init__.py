@@ -1,0 +1,1 @@
+"""dream-s-edge runtime: torch-free speculative tree decoding over numpy, onnxruntime and TensorRT."""
