@@ -1,0 +1,459 @@
+"""Draft trees as data: the tree spec, the buffers one verify call takes, and the two tree builders.
+
+Place in the data flow (see `runtime/runner.py`)::
+
+    root + Proposal (draft's top-k of the root) --static_tree/dynamic_tree--> TreeBuffers --> target.verify
+
+A tree of N = 7 nodes, depth 3. Node 0 is the root (the token the target chose last); node indices
+are in breadth-first order, so every parent precedes its children::
+
+    depth 0        1          2          3
+              .-- [1] a --+-- [3] c ---- [6] f
+    [0] root -+           '-- [4] d
+              '-- [2] b ----- [5] e
+
+    parents   = [-1, 0, 0, 1, 1, 2, 3]
+    depth     = [ 0, 1, 1, 2, 2, 2, 3]        (position of node j = committed length + depth[j])
+    tree_mask = row j True at j's ancestors and j itself, e.g. row 6 -> {0, 1, 3, 6}
+    retrieve  = [[0, 1, 4, -1],               (one root-to-leaf path per leaf, leaves in node
+                 [0, 2, 5, -1],                order, padded with -1 to depth + 1 columns)
+                 [0, 1, 3, 6]]
+
+Shapes never change between rounds: a tree always has exactly `node_budget` nodes. A dynamic tree
+whose draft offers too few candidates is padded with *invalid* nodes (`valid[j] = False`): they
+hang under the root, so the target still gets N nodes, and acceptance never looks at them.
+
+The builders drive the draft with `tree_step` calls of a fixed width n (pad rows are dummy nodes
+whose mask is self-only; their output is ignored). Drafted nodes get scratch slots sequentially:
+
+* static tree: node j has slot j - 1 (S = N - 1); only nodes with children are fed to the draft,
+  a level at a time, so the slots of leaves are free and the dummies write there.
+* dynamic tree (EAGLE-2): the frontier of depth d (k nodes) takes slots (d - 1) k .. d k - 1,
+  S = (depth - 1) k; only frontier nodes are ever fed to the draft.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.errors import SpecMismatchError
+from runtime.runner import DraftRunner, Proposal
+
+logger = logging.getLogger(__name__)
+
+TREE_KINDS = ("static", "dynamic")
+
+
+def _sorted_choices(choices: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
+    """Sorts paths breadth-first (by length, then ranks), so parents precede children."""
+    return tuple(sorted((tuple(int(r) for r in c) for c in choices), key=lambda c: (len(c), c)))
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """The shape of the draft tree; what search chooses, export sizes buffers for, and the loop reads.
+
+    Attributes:
+        kind: "static" (a fixed tree of child ranks) or "dynamic" (EAGLE-2, chosen by draft scores).
+        top_k: K, continuations the draft proposes per node (static: more than the largest rank).
+        depth: deepest node below the root (root depth 0); the longest accepted run is `depth`.
+        node_budget: N, nodes one verify call takes, root included.
+        choices: static trees only: the non-root nodes as paths of child ranks from the root, e.g.
+            ((0,), (1,), (0, 0)) is root -> {top-1, top-2}, top-1 -> top-1. Stored sorted.
+    """
+
+    kind: str
+    top_k: int
+    depth: int
+    node_budget: int
+    choices: tuple[tuple[int, ...], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.kind not in TREE_KINDS:
+            raise SpecMismatchError(f"Unknown tree kind {self.kind!r}.", hint=f"Use one of {TREE_KINDS}.")
+        if self.top_k < 1 or self.depth < 1 or self.node_budget < 2:
+            raise SpecMismatchError(
+                "A tree needs top_k >= 1, depth >= 1 and node_budget >= 2.",
+                note=f"top_k={self.top_k}, depth={self.depth}, node_budget={self.node_budget}",
+            )
+        if self.kind == "static":
+            object.__setattr__(self, "choices", _sorted_choices(self.choices))
+            self._check_static()
+        elif self.choices:
+            raise SpecMismatchError("A dynamic tree takes no choices.", hint='Use kind="static".')
+
+    def _check_static(self) -> None:
+        paths = set(self.choices)
+        bad = [c for c in self.choices if not c or (len(c) > 1 and c[:-1] not in paths)]
+        if bad or len(paths) != len(self.choices):
+            raise SpecMismatchError(
+                "Static tree choices must be distinct, non-empty and closed under prefixes.",
+                note=f"offending paths: {bad[:4] or 'duplicates'}",
+            )
+        max_rank = max(max(c) for c in self.choices)
+        depth = max(len(c) for c in self.choices)
+        if max_rank >= self.top_k or depth != self.depth or len(self.choices) + 1 != self.node_budget:
+            raise SpecMismatchError(
+                "Static tree choices disagree with top_k, depth or node_budget.",
+                note=f"choices give max rank {max_rank}, depth {depth}, N {len(self.choices) + 1}; "
+                f"spec says top_k {self.top_k}, depth {self.depth}, N {self.node_budget}",
+                hint="Build static specs with TreeSpec.static(choices).",
+            )
+
+    @classmethod
+    def static(cls, choices, top_k: int | None = None) -> TreeSpec:
+        """A static tree from child-rank paths; derives depth, N and (by default) top_k."""
+        choices = _sorted_choices(tuple(tuple(c) for c in choices))
+        top_k = top_k or max(max(c) for c in choices) + 1
+        depth = max(len(c) for c in choices)
+        return cls("static", top_k, depth, len(choices) + 1, choices)
+
+    @classmethod
+    def chain(cls, depth: int) -> TreeSpec:
+        """A single path of `depth` top-1 nodes (N = depth + 1)."""
+        return cls.static([(0,) * d for d in range(1, depth + 1)])
+
+    @classmethod
+    def dynamic(cls, top_k: int, depth: int, node_budget: int) -> TreeSpec:
+        """An EAGLE-2 dynamic tree (paper setting: top_k 4, depth 6, node_budget 32)."""
+        return cls("dynamic", top_k, depth, node_budget)
+
+    @classmethod
+    def from_name(cls, name: str) -> TreeSpec:
+        """A named preset from `TREE_PRESETS`."""
+        if name not in TREE_PRESETS:
+            raise SpecMismatchError(
+                f"Unknown tree preset {name!r}.", hint=f"Use one of {sorted(TREE_PRESETS)}."
+            )
+        return TREE_PRESETS[name]
+
+    @property
+    def parents(self) -> np.ndarray:
+        """Static trees: [N] int64 parent node index of each node (-1 for the root)."""
+        index = {c: j + 1 for j, c in enumerate(self.choices)}
+        return np.array([-1] + [index.get(c[:-1], 0) for c in self.choices], dtype=np.int64)
+
+    @property
+    def step_width(self) -> int:
+        """n, the nodes one `tree_step` call takes (fixed for the spec)."""
+        if self.kind == "dynamic":
+            return self.top_k
+        internal = {c[:-1] for c in self.choices if len(c) > 1}
+        per_level = np.bincount([len(c) for c in internal], minlength=2)
+        return int(per_level.max())
+
+    @property
+    def scratch_slots(self) -> int:
+        """S, the draft scratch slots a tree needs (width of `tree_step`'s mask)."""
+        if self.kind == "dynamic":
+            return (self.depth - 1) * self.top_k
+        return self.node_budget - 1
+
+
+TREE_PRESETS: dict[str, TreeSpec] = {
+    "chain-4": TreeSpec.chain(4),
+    "eagle2": TreeSpec.dynamic(top_k=4, depth=6, node_budget=32),
+    "dynamic-small": TreeSpec.dynamic(top_k=4, depth=4, node_budget=16),
+    "static-16": TreeSpec.static(
+        [
+            (0,),
+            (1,),
+            (2,),
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (0, 0, 0),
+            (0, 0, 1),
+            (0, 1, 0),
+            (1, 0, 0),
+            (0, 0, 0, 0),
+            (0, 0, 0, 1),
+            (0, 0, 1, 0),
+            (0, 1, 0, 0),
+            (0, 0, 0, 0, 0),
+        ]
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TreeBuffers:
+    """One drafted tree, ready for `target.verify` and acceptance. Node 0 is the root.
+
+    Attributes:
+        tokens: [N] int64 node token ids (target vocabulary); invalid nodes hold 0.
+        parents: [N] int64 parent node index, -1 for the root; parents precede children.
+        depth: [N] int64 depth below the root; position of node j = committed length + depth[j].
+        tree_mask: [N, N] bool, row j True at j's ancestors and j itself.
+        retrieve: [num_leaves, D + 1] int64 root-to-leaf node paths over valid nodes, padded with -1
+            (D = the spec's depth).
+        scores: [N] float32 cumulative draft log-probability (root 0, invalid nodes -inf).
+        valid: [N] bool, False at padding nodes that acceptance must ignore.
+    """
+
+    tokens: np.ndarray
+    parents: np.ndarray
+    depth: np.ndarray
+    tree_mask: np.ndarray
+    retrieve: np.ndarray
+    scores: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """N, the node count."""
+        return int(self.tokens.shape[0])
+
+    def positions(self, start: int) -> np.ndarray:
+        """[N] int64 absolute positions for a root at position `start`."""
+        return start + self.depth
+
+    def children(self, node: int) -> np.ndarray:
+        """[c] int64 valid children of `node`, in node order."""
+        return np.flatnonzero((self.parents == node) & self.valid)
+
+
+def tree_buffers(
+    tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray, valid: np.ndarray, max_depth: int
+) -> TreeBuffers:
+    """Derives depth, ancestor mask and root-to-leaf paths from a parent array.
+
+    Args:
+        tokens: [N] int64 node tokens.
+        parents: [N] int64 parent index (-1 at the root, node 0); parents[j] < j.
+        scores: [N] float cumulative draft log-probabilities.
+        valid: [N] bool; invalid nodes must be leaves.
+        max_depth: D, the width of `retrieve` is D + 1.
+
+    Returns:
+        The TreeBuffers.
+    """
+    n = tokens.shape[0]
+    assert parents[0] == -1 and np.all(parents[1:] < np.arange(1, n)), "parents must precede children"
+    depth = np.zeros(n, dtype=np.int64)
+    mask = np.eye(n, dtype=bool)  # [N, N]
+    for j in range(1, n):
+        depth[j] = depth[parents[j]] + 1
+        mask[j] |= mask[parents[j]]
+    assert depth.max() <= max_depth, "tree deeper than its spec"
+    has_child = np.zeros(n, dtype=bool)
+    has_child[parents[1:][valid[1:]]] = True
+    leaves = np.flatnonzero(valid & ~has_child)
+    retrieve = np.full((leaves.shape[0], max_depth + 1), -1, dtype=np.int64)
+    for row, leaf in enumerate(leaves):
+        path = np.flatnonzero(mask[leaf])  # ancestors-or-self; ascending index = ascending depth
+        retrieve[row, : path.shape[0]] = path
+    return TreeBuffers(
+        tokens=tokens.astype(np.int64),
+        parents=parents.astype(np.int64),
+        depth=depth,
+        tree_mask=mask,
+        retrieve=retrieve,
+        scores=scores.astype(np.float32),
+        valid=valid.astype(bool),
+    )
+
+
+def _check_proposal(proposal: Proposal, rows: int, top_k: int) -> None:
+    if proposal.token_ids.shape != (rows, top_k) or proposal.logprobs.shape != (rows, top_k):
+        raise SpecMismatchError(
+            "The draft returned a proposal of the wrong shape.",
+            note=f"got ids {proposal.token_ids.shape}, logprobs {proposal.logprobs.shape}; "
+            f"expected ({rows}, {top_k})",
+            hint="The draft must return exactly top_k continuations per node.",
+        )
+
+
+def _step_mask(ancestor_slots: list[list[int]], slots: np.ndarray, scratch: int) -> np.ndarray:
+    """[n, S] bool: row r True at its ancestors' slots (below the root) and its own slot."""
+    mask = np.zeros((slots.shape[0], scratch), dtype=bool)
+    for r, anc in enumerate(ancestor_slots):
+        mask[r, anc] = True
+        mask[r, slots[r]] = True
+    return mask
+
+
+def _run_step(
+    draft: DraftRunner,
+    spec: TreeSpec,
+    tokens: np.ndarray,
+    slots: np.ndarray,
+    ancestor_slots: list[list[int]],
+    position: int,
+    pad_slots: np.ndarray,
+) -> Proposal:
+    """Feeds real nodes (all at one depth) plus dummies up to the step width; returns real rows."""
+    n, real = spec.step_width, tokens.shape[0]
+    pad = n - real
+    step_tokens = np.concatenate([tokens, np.zeros(pad, dtype=np.int64)])  # [n]
+    step_slots = np.concatenate([slots, pad_slots[:pad]]).astype(np.int64)  # [n]
+    mask = _step_mask(ancestor_slots + [[]] * pad, step_slots, spec.scratch_slots)  # [n, S]
+    positions = np.full(n, position, dtype=np.int64)
+    proposal = draft.tree_step(step_tokens, positions, step_slots, mask, spec.top_k)
+    _check_proposal(proposal, n, spec.top_k)
+    return Proposal(proposal.token_ids[:real], proposal.logprobs[:real])
+
+
+def static_tree(
+    spec: TreeSpec, draft: DraftRunner, root: int, proposal: Proposal, root_position: int
+) -> TreeBuffers:
+    """Fills a static tree from the draft, one depth level per `tree_step` call.
+
+    Args:
+        spec: a static TreeSpec.
+        draft: the draft runner; its committed cache ends with the root.
+        root: the root token.
+        proposal: the draft's top-k continuations of the root, [1, K].
+        root_position: absolute position of the root.
+
+    Returns:
+        TreeBuffers with N = spec.node_budget nodes, all valid.
+    """
+    _check_proposal(proposal, 1, spec.top_k)
+    parents = spec.parents  # [N]
+    n = spec.node_budget
+    ranks = np.array([0] + [c[-1] for c in spec.choices], dtype=np.int64)
+    depth = np.array([0] + [len(c) for c in spec.choices], dtype=np.int64)
+    tokens = np.zeros(n, dtype=np.int64)
+    scores = np.zeros(n, dtype=np.float64)
+    tokens[0] = root
+    has_child = np.zeros(n, dtype=bool)
+    has_child[parents[1:]] = True
+    leaf_slots = np.flatnonzero(~has_child) - 1  # free slots for dummy rows
+    by_node = {0: (proposal, 0)}
+    for d in range(1, spec.depth + 1):
+        level = np.flatnonzero(depth == d)
+        for j in level:  # children of level d - 1 read the proposal of their parent
+            prop, row = by_node[int(parents[j])]
+            tokens[j] = prop.token_ids[row, ranks[j]]
+            scores[j] = scores[parents[j]] + min(float(prop.logprobs[row, ranks[j]]), 0.0)
+        internal = level[has_child[level]]
+        if d == spec.depth or internal.size == 0:
+            continue
+        anc = [[int(a) - 1 for a in _ancestors(parents, j)] for j in internal]
+        step = _run_step(draft, spec, tokens[internal], internal - 1, anc, root_position + d, leaf_slots)
+        by_node.update({int(j): (step, r) for r, j in enumerate(internal)})
+    return tree_buffers(tokens, parents, scores, np.ones(n, dtype=bool), spec.depth)
+
+
+def _ancestors(parents: np.ndarray, j: int) -> list[int]:
+    """Ancestors of node j below the root (excluding j and the root)."""
+    out = []
+    j = int(parents[j])
+    while j > 0:
+        out.append(j)
+        j = int(parents[j])
+    return out
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores, best first; ties go to the lower index."""
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def _select(parents: np.ndarray, scores: np.ndarray, depth: np.ndarray, budget: int) -> np.ndarray:
+    """Best `budget` candidates by cumulative score, closed under parents, in ascending index.
+
+    A child's score never exceeds its parent's (log-probs are clamped at 0) and ties go to the
+    shallower node, so walking candidates best-first always meets a parent before its children; the
+    parent check only guards that invariant.
+    """
+    order = np.lexsort((np.arange(scores.shape[0]), depth, -scores))
+    picked = np.zeros(scores.shape[0], dtype=bool)
+    count = 0
+    for c in order:
+        if count == budget:
+            break
+        if parents[c] < 0 or picked[parents[c]]:
+            picked[c] = True
+            count += 1
+    return np.flatnonzero(picked)
+
+
+def dynamic_tree(
+    spec: TreeSpec, draft: DraftRunner, root: int, proposal: Proposal, root_position: int
+) -> TreeBuffers:
+    """Grows an EAGLE-2 dynamic tree from the draft's scores under a fixed node budget.
+
+    Candidates at depth 1 are the root's top-k. At each depth d < D the k best candidates of depth d
+    (the frontier, by cumulative log-prob) go through one `tree_step`, giving k x k candidates at
+    depth d + 1. Finally the best N - 1 candidates of all depths, plus the root, form the tree;
+    too few candidates leave invalid padding nodes.
+
+    Args:
+        spec: a dynamic TreeSpec.
+        draft: the draft runner; its committed cache ends with the root.
+        root: the root token.
+        proposal: the draft's top-k continuations of the root, [1, K].
+        root_position: absolute position of the root.
+
+    Returns:
+        TreeBuffers with exactly N = spec.node_budget nodes, closed under parents.
+    """
+    _check_proposal(proposal, 1, spec.top_k)
+    k = spec.top_k
+    tokens = proposal.token_ids[0].astype(np.int64)  # [C] every candidate so far
+    scores = _clamp(proposal.logprobs[0])  # [C] cumulative log-probs
+    parents = np.full(k, -1, dtype=np.int64)  # [C] parent candidate, -1 = the root
+    depth = np.ones(k, dtype=np.int64)  # [C]
+    slot_of: dict[int, int] = {}
+    block = np.arange(k)  # candidates of the deepest level so far
+    for d in range(1, spec.depth):
+        frontier = block[_top(scores[block], k)]  # [k]
+        slots = (d - 1) * k + np.arange(k)
+        slot_of.update(zip(frontier.tolist(), slots.tolist(), strict=True))
+        anc = [[slot_of[a] for a in _candidate_ancestors(parents, int(c))] for c in frontier]
+        step = _run_step(draft, spec, tokens[frontier], slots, anc, root_position + d, np.empty(0))
+        block = tokens.shape[0] + np.arange(k * k)
+        tokens = np.concatenate([tokens, step.token_ids.reshape(-1).astype(np.int64)])
+        scores = np.concatenate([scores, (scores[frontier, None] + _clamp(step.logprobs)).reshape(-1)])
+        parents = np.concatenate([parents, np.repeat(frontier, k)])
+        depth = np.concatenate([depth, np.full(k * k, d + 1, dtype=np.int64)])
+    keep = _select(parents, scores, depth, spec.node_budget - 1)  # [m] ascending
+    return _pack(spec, root, keep, tokens, parents, scores)
+
+
+def _clamp(logprobs: np.ndarray) -> np.ndarray:
+    """float64 log-probs clamped to (-inf, 0]; NaN becomes -inf (never preferred)."""
+    lp = np.nan_to_num(logprobs.astype(np.float64), nan=-np.inf, posinf=0.0)
+    return np.minimum(lp, 0.0)
+
+
+def _candidate_ancestors(parents: np.ndarray, c: int) -> list[int]:
+    """Candidate ancestors of candidate c (excluding c and the root)."""
+    out = []
+    c = int(parents[c])
+    while c >= 0:
+        out.append(c)
+        c = int(parents[c])
+    return out
+
+
+def _pack(
+    spec: TreeSpec, root: int, keep: np.ndarray, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray
+) -> TreeBuffers:
+    """Lays the kept candidates out as nodes 1..m (padding m+1..N-1 with invalid nodes)."""
+    n, m = spec.node_budget, keep.shape[0]
+    if m < n - 1:
+        logger.debug("dynamic tree: %d candidates for %d nodes; padding with invalid nodes", m, n - 1)
+    node_of = {int(c): j + 1 for j, c in enumerate(keep)}
+    node_tokens = np.zeros(n, dtype=np.int64)
+    node_parents = np.zeros(n, dtype=np.int64)  # invalid padding hangs under the root
+    node_scores = np.full(n, -np.inf)
+    node_tokens[0], node_parents[0], node_scores[0] = root, -1, 0.0
+    node_tokens[1 : m + 1] = tokens[keep]
+    node_parents[1 : m + 1] = [node_of.get(int(p), 0) for p in parents[keep]]
+    node_scores[1 : m + 1] = scores[keep]
+    valid = np.arange(n) <= m
+    return tree_buffers(node_tokens, node_parents, node_scores, valid, spec.depth)
+
+
+def build_tree(
+    spec: TreeSpec, draft: DraftRunner, root: int, proposal: Proposal, root_position: int
+) -> TreeBuffers:
+    """Builds the tree the spec asks for; see `static_tree` and `dynamic_tree`."""
+    builder = static_tree if spec.kind == "static" else dynamic_tree
+    return builder(spec, draft, root, proposal, root_position)

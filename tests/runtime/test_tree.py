@@ -1,0 +1,222 @@
+"""Tree specs and builders vs slow oracles: masks, depths, paths, scratch slots, EAGLE-2 selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.errors import SpecMismatchError
+from runtime.runner import Proposal
+from runtime.tree import TreeSpec, build_tree, tree_buffers
+
+VOCAB = 30
+ROOT = 7
+ROOT_POS = 11
+
+
+def _hash_proposal(seq: tuple[int, ...], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic 'LM': top-k ids and best-first log-probs as a function of the token path."""
+    rng = np.random.default_rng(abs(hash(seq)) % (2**32))
+    ids = rng.choice(VOCAB, k, replace=False)
+    return ids.astype(np.int64), -np.sort(rng.exponential(size=k)).astype(np.float32)
+
+
+class HashDraft:
+    """A draft whose proposal for a node depends on exactly what its tree mask lets it see.
+
+    It keeps (position, token) per scratch slot as a real draft keeps K/V, so a wrong slot, mask,
+    position or a dummy overwriting a live slot changes the proposals and the oracle comparison fails.
+    """
+
+    def __init__(self, spec: TreeSpec):
+        self.spec = spec
+        self.content: dict[int, tuple[int, int]] = {}
+        self.calls: list[tuple[int, np.ndarray]] = []
+
+    def tree_step(self, tokens, positions, slots, tree_mask, top_k):
+        n = tokens.shape[0]
+        assert tree_mask.shape == (n, self.spec.scratch_slots) and tree_mask.dtype == bool
+        assert len(set(slots.tolist())) == n and slots.min() >= 0 and slots.max() < self.spec.scratch_slots
+        assert np.all(tree_mask[np.arange(n), slots]), "each node sees itself"
+        self.calls.append((n, slots.copy()))
+        for s, p, t in zip(slots.tolist(), positions.tolist(), tokens.tolist(), strict=True):
+            self.content[s] = (p, t)
+        ids, lps = [], []
+        for r in range(n):
+            seen = sorted(self.content[s] for s in np.flatnonzero(tree_mask[r]))
+            i, lp = _hash_proposal((ROOT,) + tuple(t for _, t in seen), top_k)
+            ids.append(i)
+            lps.append(lp)
+        return Proposal(np.stack(ids), np.stack(lps))
+
+
+def _root_proposal(k: int) -> Proposal:
+    ids, lps = _hash_proposal((ROOT,), k)
+    return Proposal(ids[None], lps[None])
+
+
+def _oracle_structure(parents: np.ndarray, valid: np.ndarray, max_depth: int):
+    """Depth, ancestor-or-self mask and root-to-leaf paths, the slow obvious way."""
+    n = parents.shape[0]
+
+    def chain(j):
+        out = [j]
+        while parents[out[-1]] >= 0:
+            out.append(int(parents[out[-1]]))
+        return out[::-1]
+
+    depth = np.array([len(chain(j)) - 1 for j in range(n)])
+    mask = np.array([[j in chain(i) for j in range(n)] for i in range(n)])
+    leaves = [j for j in range(n) if valid[j] and not any(valid[c] and parents[c] == j for c in range(n))]
+    paths = np.full((len(leaves), max_depth + 1), -1)
+    for r, leaf in enumerate(leaves):
+        paths[r, : len(chain(leaf))] = chain(leaf)
+    return depth, mask, paths
+
+
+def _token_path(tree, j: int) -> tuple[int, ...]:
+    out = []
+    while j > 0:
+        out.append(int(tree.tokens[j]))
+        j = int(tree.parents[j])
+    return tuple(out[::-1])
+
+
+def _check_structure(tree, spec: TreeSpec) -> None:
+    n = spec.node_budget
+    assert tree.tokens.shape == (n,) and tree.tree_mask.shape == (n, n)
+    assert tree.parents[0] == -1 and tree.tokens[0] == ROOT
+    depth, mask, paths = _oracle_structure(tree.parents, tree.valid, spec.depth)
+    np.testing.assert_array_equal(tree.depth, depth)
+    np.testing.assert_array_equal(tree.tree_mask, mask)
+    np.testing.assert_array_equal(tree.retrieve, paths)
+    np.testing.assert_array_equal(tree.positions(ROOT_POS), ROOT_POS + depth)
+    assert np.all(tree.valid[tree.parents[1:][tree.valid[1:]]]), "closed under parents"
+
+
+def _static_oracle(spec: TreeSpec) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """choice path -> token path, walking the hash LM directly."""
+    out = {}
+    for c in spec.choices:
+        seq: tuple[int, ...] = ()
+        for r in c:
+            ids, _ = _hash_proposal((ROOT,) + seq, spec.top_k)
+            seq += (int(ids[r]),)
+        out[c] = seq
+    return out
+
+
+def _dynamic_oracle(spec: TreeSpec) -> dict[tuple[int, ...], float]:
+    """token path -> cumulative score of the kept nodes, EAGLE-2 written with lists."""
+    ids, lps = _hash_proposal((ROOT,), spec.top_k)
+    level = [((int(t),), float(lp)) for t, lp in zip(ids, lps, strict=True)]
+    every = list(level)
+    for _ in range(1, spec.depth):
+        frontier = sorted(level, key=lambda c: -c[1])[: spec.top_k]
+        level = []
+        for path, score in frontier:
+            ids, lps = _hash_proposal((ROOT,) + path, spec.top_k)
+            level += [(path + (int(t),), score + float(lp)) for t, lp in zip(ids, lps, strict=True)]
+        every += level
+    return dict(sorted(every, key=lambda c: -c[1])[: spec.node_budget - 1])
+
+
+STATIC_SPECS = [
+    TreeSpec.chain(1),
+    TreeSpec.chain(5),
+    TreeSpec.from_name("static-16"),
+    TreeSpec.static([(0,), (1,), (2,), (3,), (0, 0), (1, 0), (2, 0), (2, 1), (0, 0, 0), (2, 1, 0)]),
+    TreeSpec.static([(0,), (0, 0), (0, 1), (0, 2), (0, 0, 0), (0, 1, 0), (0, 1, 1), (0, 1, 1, 0)]),
+]
+
+
+@pytest.mark.parametrize("spec", STATIC_SPECS, ids=lambda s: f"N{s.node_budget}-D{s.depth}")
+def test_static_tree_matches_oracle(spec: TreeSpec) -> None:
+    draft = HashDraft(spec)
+    tree = build_tree(spec, draft, ROOT, _root_proposal(spec.top_k), ROOT_POS)
+    _check_structure(tree, spec)
+    assert tree.valid.all()
+    oracle = _static_oracle(spec)
+    for j, c in enumerate(spec.choices, start=1):
+        assert _token_path(tree, j) == oracle[c]
+    assert {n for n, _ in draft.calls} <= {spec.step_width}, "fixed tree_step width"
+    assert len(draft.calls) == (spec.depth - 1 if spec.depth > 1 else 0)
+
+
+DYNAMIC_SPECS = [
+    TreeSpec.dynamic(top_k=4, depth=6, node_budget=32),
+    TreeSpec.dynamic(top_k=3, depth=4, node_budget=12),
+    TreeSpec.dynamic(top_k=1, depth=4, node_budget=5),
+    TreeSpec.dynamic(top_k=5, depth=1, node_budget=4),
+    TreeSpec.dynamic(top_k=2, depth=3, node_budget=30),  # 2 + 4 + 4 = 10 candidates: padded
+]
+
+
+@pytest.mark.parametrize("spec", DYNAMIC_SPECS, ids=lambda s: f"K{s.top_k}-D{s.depth}-N{s.node_budget}")
+def test_dynamic_tree_matches_oracle(spec: TreeSpec) -> None:
+    draft = HashDraft(spec)
+    tree = build_tree(spec, draft, ROOT, _root_proposal(spec.top_k), ROOT_POS)
+    _check_structure(tree, spec)
+    oracle = _dynamic_oracle(spec)
+    got = {_token_path(tree, j): float(tree.scores[j]) for j in np.flatnonzero(tree.valid)[1:]}
+    assert got.keys() == oracle.keys()
+    for path, score in oracle.items():
+        assert got[path] == pytest.approx(score, rel=1e-5)
+    assert int(tree.valid.sum()) == min(spec.node_budget, 1 + len(oracle))
+    assert all(n == spec.top_k for n, _ in draft.calls) and len(draft.calls) == spec.depth - 1
+
+
+def test_dynamic_padding_is_inert() -> None:
+    spec = DYNAMIC_SPECS[-1]
+    tree = build_tree(spec, HashDraft(spec), ROOT, _root_proposal(spec.top_k), ROOT_POS)
+    pad = np.flatnonzero(~tree.valid)
+    assert pad.size == spec.node_budget - 11
+    assert np.all(tree.parents[pad] == 0) and np.all(tree.depth[pad] == 1)
+    assert not np.isin(pad, tree.retrieve).any()
+    assert np.all(tree.scores[pad] == -np.inf)
+
+
+def test_dynamic_closed_under_parents_with_ties() -> None:
+    """Equal (zero) log-probs everywhere: the shallower node must still win the tie."""
+    spec = TreeSpec.dynamic(top_k=3, depth=4, node_budget=9)
+
+    class FlatDraft:
+        def tree_step(self, tokens, positions, slots, tree_mask, top_k):
+            n = tokens.shape[0]
+            return Proposal(np.tile(np.arange(top_k), (n, 1)), np.zeros((n, top_k), np.float32))
+
+    root = Proposal(np.arange(3)[None], np.zeros((1, 3), np.float32))
+    tree = build_tree(spec, FlatDraft(), ROOT, root, ROOT_POS)
+    _check_structure(tree, spec)
+    assert tree.valid.all()
+
+
+def test_tree_buffers_example_from_docstring() -> None:
+    parents = np.array([-1, 0, 0, 1, 1, 2, 3])
+    tree = tree_buffers(np.arange(7), parents, np.zeros(7), np.ones(7, bool), max_depth=3)
+    np.testing.assert_array_equal(tree.depth, [0, 1, 1, 2, 2, 2, 3])
+    np.testing.assert_array_equal(np.flatnonzero(tree.tree_mask[6]), [0, 1, 3, 6])
+    np.testing.assert_array_equal(tree.retrieve, [[0, 1, 4, -1], [0, 2, 5, -1], [0, 1, 3, 6]])
+
+
+def test_tree_spec_validation() -> None:
+    with pytest.raises(SpecMismatchError, match="closed under prefixes"):
+        TreeSpec.static([(0,), (1, 0)])
+    with pytest.raises(SpecMismatchError, match="disagree"):
+        TreeSpec("static", top_k=2, depth=1, node_budget=5, choices=((0,), (1,)))
+    with pytest.raises(SpecMismatchError, match="Unknown tree kind"):
+        TreeSpec("bushy", 2, 2, 4)
+    with pytest.raises(SpecMismatchError, match="takes no choices"):
+        TreeSpec("dynamic", 2, 1, 3, ((0,),))
+    spec = TreeSpec.static([(1,), (0,), (0, 0)])
+    assert spec.choices == ((0,), (1,), (0, 0)) and spec.top_k == 2 and spec.depth == 2
+    assert TreeSpec.from_name("eagle2") == TreeSpec.dynamic(4, 6, 32)
+    assert TreeSpec.dynamic(4, 6, 32).scratch_slots == 20
+    assert TreeSpec.from_name("static-16").scratch_slots == 15
+
+
+def test_wrong_proposal_shape_is_refused() -> None:
+    spec = TreeSpec.dynamic(top_k=3, depth=2, node_budget=6)
+    bad = Proposal(np.zeros((1, 2), np.int64), np.zeros((1, 2), np.float32))
+    with pytest.raises(SpecMismatchError, match="wrong shape"):
+        build_tree(spec, HashDraft(spec), ROOT, bad, ROOT_POS)
