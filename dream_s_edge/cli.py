@@ -9,6 +9,7 @@ import logging
 import sys
 
 from runtime.errors import DreamSEdgeError
+from runtime.tree import TREE_PRESETS
 
 EXIT_USER_ERROR = 2
 
@@ -25,7 +26,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, default=1024, help="KV cache size in tokens (prompt + answer)")
     p.add_argument("--speculative", action="store_true", help="speculative tree decoding with a draft")
     p.add_argument("--draft", default="untrained", help="draft folder, or 'untrained' for a fresh DREAM draft")
-    p.add_argument("--tree", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument(
+        "--tree", default="dynamic", help="dynamic (EAGLE-2, sized by --top-k/--depth/--node-budget), chain, or a preset: "
+        + ", ".join(sorted(TREE_PRESETS)),
+    )
     p.add_argument("--top-k", type=int, default=4, help="tree branching")
     p.add_argument("--depth", type=int, default=5, help="tree depth")
     p.add_argument("--node-budget", type=int, default=16, help="tree nodes verified per target pass, root included")
@@ -40,6 +44,7 @@ def _add_target(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
     from dream_s_edge.generation import GenerationConfig, TreeOptions, run_generate
 
     config = GenerationConfig(
@@ -68,6 +73,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_target_prepare(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
     from dream_s_edge.embedded import ensure_default_target
 
     print(ensure_default_target())
@@ -93,10 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def _quiet_transformers(verbose: bool) -> None:
+    """Silences transformers' own warnings and bars unless -v; only torch-side commands call it."""
     if not verbose:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ class GenerationConfig:
 class TreeOptions:
     """The draft tree used by speculative decoding."""
 
-    kind: str = "dynamic"  # "dynamic" (EAGLE-2) or "static" (a chain of `depth` nodes, top_k wide at the root)
+    kind: str = "dynamic"  # "dynamic" (EAGLE-2, sized by the fields below), "chain", or a runtime TREE_PRESETS name
     top_k: int = 4
     depth: int = 5
     node_budget: int = 16  # nodes verified per target pass, root included
@@ -59,7 +59,9 @@ class TreeOptions:
         """The runtime's tree spec."""
         if self.kind == "dynamic":
             return TreeSpec.dynamic(top_k=self.top_k, depth=self.depth, node_budget=self.node_budget)
-        return TreeSpec.chain(self.depth)
+        if self.kind == "chain":
+            return TreeSpec.chain(self.depth)
+        return TreeSpec.from_name(self.kind)
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,17 @@ def resolve_image(image: str | None):
     return load_image(image)
 
 
-def build_prompt(adapter: TargetAdapter, image, question: str, max_context: int) -> Prompt:
-    """Turns an image and a question into a `Prompt`; refuses an empty or too long one."""
+def check_question(question: str) -> str:
+    """Returns the stripped question; refuses an empty one."""
     if not question or not question.strip():
         raise PromptError("The question is empty.", hint='ask something, e.g. "What is in this picture?"')
-    inputs = adapter.build_inputs(image, question.strip())
+    return question.strip()
+
+
+def build_prompt(adapter: TargetAdapter, image, question: str, max_context: int) -> Prompt:
+    """Turns an image and a question into a `Prompt`; refuses an empty or too long one."""
+    question = check_question(question)
+    inputs = adapter.build_inputs(image, question)
     ids = inputs.pop("input_ids")[0].numpy().astype(np.int64)  # [T]
     if ids.shape[0] >= max_context:
         raise PromptError(
@@ -180,7 +188,8 @@ def run_generate(
     write: Callable[[str], None] = lambda text: None,
 ) -> GenerationReport:
     """The `dream-s-edge generate` job: loads, prompts, decodes and streams text to `write`."""
-    picture = resolve_image(image)  # read the image before the slow model load
+    check_question(question)  # refuse bad input before the slow model load
+    picture = resolve_image(image)
     adapter = load_model(model)
     prompt = build_prompt(adapter, picture, question, config.max_context)
     tokenizer = tokenizer_of(adapter)

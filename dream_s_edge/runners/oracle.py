@@ -15,12 +15,16 @@ from runtime.runner import PrefillResult, Proposal, RunnerLimits
 from dream_s_edge.runners.target_torch import TorchTargetRunner
 
 
-def _top_k(logits: np.ndarray, k: int) -> Proposal:
-    """Top-k ids and log-probabilities of each row of logits [n, V]."""
+def _greedy_top_k(logits: np.ndarray, k: int, epsilon: float) -> Proposal:
+    """Top-k of each row of logits [n, V], scored as a greedy draft would: the argmax gets
+    probability 1 - epsilon, and the others share epsilon in proportion to the target's own."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     logprobs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # [n, V]
     ids = np.argsort(-logprobs, axis=-1, kind="stable")[:, :k]  # [n, K]
-    return Proposal(token_ids=ids.astype(np.int64), logprobs=np.take_along_axis(logprobs, ids, -1).astype(np.float32))
+    top = np.take_along_axis(logprobs, ids, -1)  # [n, K]
+    rest = top[:, 1:] - np.log1p(-np.exp(top[:, :1]) + 1e-30)  # log p(x | not argmax)
+    scores = np.concatenate([np.full_like(top[:, :1], np.log1p(-epsilon)), np.log(epsilon) + rest], axis=1)
+    return Proposal(token_ids=ids.astype(np.int64), logprobs=scores.astype(np.float32))
 
 
 class OracleDraftRunner:
@@ -29,10 +33,13 @@ class OracleDraftRunner:
     Args:
         target: the target runner whose cache holds the committed prefix.
         max_depth: deepest tree the caller will draft.
+        epsilon: probability mass left off the argmax when scoring; a small value makes the
+            target's greedy path outscore every other in a dynamic tree, so it always survives.
     """
 
-    def __init__(self, target: TorchTargetRunner, max_depth: int):
+    def __init__(self, target: TorchTargetRunner, max_depth: int, epsilon: float = 1e-6):
         self.target = target
+        self.epsilon = epsilon
         self.limits = RunnerLimits(target.limits.max_context, target.limits.node_budget, max_depth)
         self._root = 0
         self._nodes: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # slot -> (token, position, ancestor slots)
@@ -68,7 +75,7 @@ class OracleDraftRunner:
             mask[row, row] = True
             mask[row, [index[a] for a in self._nodes[slot][2]]] = True
         logits = self.target.verify(ids, pos, mask).logits  # [U, V]
-        return _top_k(logits[[index[int(s)] for s in slots]], top_k)
+        return _greedy_top_k(logits[[index[int(s)] for s in slots]], top_k, self.epsilon)
 
     def _start_round(self, root: int, top_k: int) -> Proposal:
         """Records the root and returns the target's top-k after it."""
@@ -76,4 +83,4 @@ class OracleDraftRunner:
         self._nodes.clear()
         position = np.array([self.target.length], dtype=np.int64)
         logits = self.target.verify(np.array([self._root], dtype=np.int64), position, np.ones((1, 1), bool)).logits
-        return _top_k(logits, top_k)
+        return _greedy_top_k(logits, top_k, self.epsilon)

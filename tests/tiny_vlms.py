@@ -1,4 +1,4 @@
-"""Tiny random-weight VLMs, one per family, saved as local HF folders and loaded via load_target.
+"""Tiny random-weight VLMs, one per family, saved as local HF folders (shared by all tests).
 
 Each folder holds a config-built model (hidden 64, 2-4 layers, tiny vision tower, vocab ~100), a
 character-level tokenizer built with `tokenizers` carrying the family's special tokens, the family's
@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pytest
 import torch
 import transformers as hf
-from PIL import Image
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-from dream_s_edge.targets import load_target
 
 
 def make_tokenizer(specials, bos, eos, pad, extra=None, chat_template=None):
@@ -240,7 +235,8 @@ PROCESSOR_CONFIGS = {
 }
 
 
-def _save(family: str, folder):
+def save_tiny_vlm(family: str, folder):
+    """Builds the tiny model of `family` (seeded) and saves it with its processor parts into `folder`."""
     torch.manual_seed(0)
     model, parts = BUILDERS[family]()
     model.save_pretrained(folder)
@@ -249,36 +245,3 @@ def _save(family: str, folder):
     if family in PROCESSOR_CONFIGS:
         (folder / "processor_config.json").write_text(json.dumps(PROCESSOR_CONFIGS[family]))
     return folder
-
-
-@pytest.fixture(scope="session")
-def model_dirs(tmp_path_factory):
-    """Family -> a saved tiny model folder, built once per session on first use."""
-    built = {}
-
-    def get(family: str):
-        if family not in built:
-            built[family] = _save(family, tmp_path_factory.mktemp(family))
-        return built[family]
-
-    return get
-
-
-@pytest.fixture(scope="session")
-def targets(model_dirs):
-    """(family, attn_implementation) -> a loaded adapter, cached for the session."""
-    loaded = {}
-
-    def get(family: str, attn: str = "sdpa"):
-        if (family, attn) not in loaded:
-            loaded[(family, attn)] = load_target(model_dirs(family), attn_implementation=attn)
-        return loaded[(family, attn)]
-
-    return get
-
-
-@pytest.fixture(scope="session")
-def image():
-    """A 40x30 random RGB image (not square, so aspect-ratio paths run)."""
-    pixels = np.random.RandomState(0).randint(0, 255, (40, 30, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
