@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dream_s_edge.examples import example_image
+from dream_s_edge.runners.draft_factory import draft_runner, load_draft_model
+from dream_s_edge.runners.target_torch import TorchTargetRunner
+from dream_s_edge.targets import TargetAdapter, load_target
 from runtime.accept import SamplingConfig
 from runtime.decode import GenerationResult, autoregressive_generate, speculative_generate
 from runtime.detokenize import TextStreamer
@@ -21,11 +25,6 @@ from runtime.errors import CapacityError, PromptError
 from runtime.images import load_image
 from runtime.runner import Prompt, RunnerLimits
 from runtime.tree import TreeSpec
-
-from dream_s_edge.examples import example_image
-from dream_s_edge.runners.draft_factory import draft_runner, load_draft_model
-from dream_s_edge.runners.target_torch import TorchTargetRunner
-from dream_s_edge.targets import TargetAdapter, load_target
 
 logger = logging.getLogger(__name__)
 

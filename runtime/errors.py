@@ -64,3 +64,7 @@ class ExportError(DreamSEdgeError):
 
 class EngineError(DreamSEdgeError):
     """A TensorRT engine that cannot be built or loaded here."""
+
+
+class TrainingError(DreamSEdgeError):
+    """A training run that cannot start or resume (incompatible checkpoint, bad schedule)."""

@@ -20,9 +20,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runtime.errors import ModelLoadError
-
 from dream_s_edge.embedded.gguf_source import smollm2_gguf_path
+from runtime.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

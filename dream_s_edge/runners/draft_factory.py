@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
-from runtime.tree import TreeSpec
-
 from dream_s_edge.draft.checkpoint import load_draft
 from dream_s_edge.draft.model import DreamDraft
 from dream_s_edge.draft.spec import DraftSpec, TargetDims
 from dream_s_edge.runners.draft_torch import TorchDraftRunner
 from dream_s_edge.targets import TargetAdapter
+from runtime.tree import TreeSpec
 
 UNTRAINED = "untrained"
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.runner import PrefillResult, Proposal, RunnerLimits
-
 from dream_s_edge.runners.target_torch import TorchTargetRunner
+from runtime.runner import PrefillResult, Proposal, RunnerLimits
 
 
 def _greedy_top_k(logits: np.ndarray, k: int, epsilon: float) -> Proposal:
@@ -60,7 +59,7 @@ class OracleDraftRunner:
         self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray, tree_mask: np.ndarray, top_k: int
     ) -> Proposal:
         """Runs the root, every ancestor and the n nodes through the target; returns [n, K]."""
-        for token, position, slot, row in zip(tokens, positions, slots, tree_mask):
+        for token, position, slot, row in zip(tokens, positions, slots, tree_mask, strict=True):
             ancestors = tuple(int(s) for s in np.flatnonzero(row) if s != slot)
             self._nodes[int(slot)] = (int(token), int(position), ancestors)
         order = sorted({int(a) for s in slots for a in self._nodes[int(s)][2]} | {int(s) for s in slots})

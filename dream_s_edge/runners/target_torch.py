@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from runtime.errors import CapacityError
-from runtime.runner import Prompt, PrefillResult, RunnerLimits, VerifyResult
-
 from dream_s_edge.targets.base import TargetAdapter
+from runtime.errors import CapacityError
+from runtime.runner import PrefillResult, Prompt, RunnerLimits, VerifyResult
 
 
 class TorchTargetRunner:
