@@ -5,6 +5,7 @@ function, print. Every user error is one line on stderr and a non-zero exit, nev
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -17,30 +18,107 @@ EXIT_USER_ERROR = 2
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer a question about an image, streaming the tokens")
     p.add_argument("question", help="the question to ask")
-    p.add_argument("--image", help="image file, or example:NAME for a bundled photograph (astronaut, coffee, ...)")
-    p.add_argument("--model", default="default", help="'default' (embedded SmolLM2 VLM) or a local HF model folder")
+    p.add_argument(
+        "--image", help="image file, or example:NAME for a bundled photograph (astronaut, coffee, ...)"
+    )
+    p.add_argument(
+        "--model", default="default", help="'default' (embedded SmolLM2 VLM) or a local HF model folder"
+    )
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-context", type=int, default=1024, help="KV cache size in tokens (prompt + answer)")
     p.add_argument("--speculative", action="store_true", help="speculative tree decoding with a draft")
-    p.add_argument("--draft", default="untrained", help="draft folder, or 'untrained' for a fresh DREAM draft")
     p.add_argument(
-        "--tree", default="dynamic", help="dynamic (EAGLE-2, sized by --top-k/--depth/--node-budget), chain, or a preset: "
+        "--draft", default="untrained", help="draft folder, or 'untrained' for a fresh DREAM draft"
+    )
+    p.add_argument(
+        "--tree",
+        default="dynamic",
+        help="dynamic (EAGLE-2, sized by --top-k/--depth/--node-budget), chain, or a preset: "
         + ", ".join(sorted(TREE_PRESETS)),
     )
     p.add_argument("--top-k", type=int, default=4, help="tree branching")
     p.add_argument("--depth", type=int, default=5, help="tree depth")
-    p.add_argument("--node-budget", type=int, default=16, help="tree nodes verified per target pass, root included")
+    p.add_argument(
+        "--node-budget", type=int, default=16, help="tree nodes verified per target pass, root included"
+    )
     p.set_defaults(func=_run_generate)
 
 
+VISION_TRAIN_FLAGS = (
+    "out_dir",
+    "model_dir",
+    "asset_path",
+    "seed",
+    "probe_steps",
+    "lm_steps",
+    "batch_size",
+    "questions_per_image",
+    "lr",
+    "device",
+    "threads",
+    "stop_after",
+    "resume",
+)
+VISION_EVAL_FLAGS = (
+    "out_dir",
+    "model_dir",
+    "weights",
+    "per_type",
+    "batch_size",
+    "swap_pairs",
+    "photos",
+    "device",
+    "threads",
+)
+
+
 def _add_target(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("target", help="the target VLM: prepare the embedded default")
+    from dream_s_edge.cli_flags import add_config_flags
+    from dream_s_edge.vision_training.config import PRESETS as VISION_PRESETS
+    from dream_s_edge.vision_training.config import EvalConfig, VisionTrainConfig
+
+    p = sub.add_parser(
+        "target", help="the target VLM: prepare the embedded default, train and score its vision"
+    )
     tsub = p.add_subparsers(dest="target_command", required=True)
     prep = tsub.add_parser("prepare", help="convert the embedded default target once and print its folder")
     prep.set_defaults(func=_run_target_prepare)
+    train = tsub.add_parser(
+        "train-vision", help="train the default target's vision tower on scene QA (resumable)"
+    )
+    train.add_argument(
+        "--preset", default="default", choices=sorted(VISION_PRESETS), help="default: about 1.5 h on 2 CPU cores"
+    )
+    add_config_flags(train, VisionTrainConfig, VISION_TRAIN_FLAGS, overrides_only=True)
+    train.set_defaults(func=_run_train_vision)
+    evaluate = tsub.add_parser(
+        "eval", help="exact-match accuracy per question type, trained vs untrained tower"
+    )
+    add_config_flags(evaluate, EvalConfig, VISION_EVAL_FLAGS)
+    evaluate.set_defaults(func=_run_target_eval)
+
+
+def _run_train_vision(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
+    from dream_s_edge.cli_flags import given_flags
+    from dream_s_edge.vision_training import VisionTrainConfig, train_vision
+
+    config = VisionTrainConfig.from_name(args.preset, **given_flags(args, VISION_TRAIN_FLAGS))
+    print(train_vision(config))
+    return 0
+
+
+def _run_target_eval(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
+    from dream_s_edge.cli_flags import config_from_args
+    from dream_s_edge.vision_training import EvalConfig, evaluate_target
+
+    report = evaluate_target(config_from_args(EvalConfig, args, VISION_EVAL_FLAGS))
+    print(json.dumps(report.get("summary", report), indent=2, default=str)[:4000])
+    return 0
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -80,6 +158,246 @@ def _run_target_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export the target (and a draft) to ONNX + manifest for the torch-free runtime"
+    )
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument(
+        "--model", default="default", help="'default' (embedded SmolLM2 VLM) or a local SmolVLM folder"
+    )
+    p.add_argument("--draft", default=None, help="draft folder, or 'untrained'; omit for the target only")
+    p.add_argument("--max-context", type=int, default=1024, help="KV cache size in tokens (prompt + answer)")
+    p.add_argument("--tree", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--top-k", type=int, default=4, help="tree branching")
+    p.add_argument("--depth", type=int, default=5, help="tree depth")
+    p.add_argument(
+        "--node-budget", type=int, default=16, help="tree nodes verified per target pass, root included"
+    )
+    p.add_argument("--no-parity", action="store_true", help="skip the Polygraphy parity checks")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
+    from pathlib import Path
+
+    from dream_s_edge.generation import TreeOptions
+    from export.pipeline import ExportConfig, export_artifacts
+
+    tree = TreeOptions(
+        kind=args.tree, top_k=args.top_k, depth=args.depth, node_budget=args.node_budget
+    ).spec()
+    config = ExportConfig(
+        out=Path(args.out),
+        model=args.model,
+        draft=args.draft,
+        max_context=args.max_context,
+        tree=tree,
+        parity=not args.no_parity,
+    )
+    print(export_artifacts(config))
+    return 0
+
+
+def _add_ask(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="answer a question with exported artifacts on onnxruntime (no torch)")
+    p.add_argument("question", help="the question to ask")
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export`")
+    p.add_argument("--image", help="image file (omit for a text-only question)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument(
+        "--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu", help="onnxruntime provider"
+    )
+    p.add_argument("--autoregressive", action="store_true", help="decode without the draft")
+    p.set_defaults(func=_run_ask)
+
+
+def _run_ask(args: argparse.Namespace) -> int:
+    from runtime.session import Session
+
+    session = Session.from_dir(args.artifacts, provider=args.provider, speculative=not args.autoregressive)
+    for piece in session.ask(args.image, args.question, stream=True, max_new_tokens=args.max_new_tokens):
+        _write_piece(piece)
+    sys.stdout.write("\n")
+    m = session.last_result.metrics
+    sys.stderr.write(
+        f"[{len(session.last_result.tokens)} tokens, tau {m.tau:.2f}, {m.tokens_per_s:.1f} tokens/s]\n"
+    )
+    return 0
+
+
+def _add_distill_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill-data", help="self-distillation data: the target's answers and features, sharded"
+    )
+    p.add_argument("--out", required=True, help="data folder (an existing one is resumed)")
+    p.add_argument(
+        "--model", default="default", help="'default' (embedded target) or a local HF model folder"
+    )
+    p.add_argument("--num-scene", type=int, default=96, help="procedural scene prompts")
+    p.add_argument("--num-photo", type=int, default=32, help="real photograph prompts")
+    p.add_argument("--num-text", type=int, default=96, help="text-only instruction prompts")
+    p.add_argument("--samples-per-prompt", type=int, default=0, help="sampled answers besides the greedy one")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=16, help="sequences per shard file")
+    p.add_argument("--max-mb", type=int, default=1024, help="cap on the data size on disk, MB")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=_run_distill_data)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="distil a DREAM draft (one process, or several under torchrun)")
+    p.add_argument("--data", required=True, help="folder written by distill-data")
+    p.add_argument(
+        "--out", required=True, help="run folder: checkpoint, train_log.jsonl, draft/ (resumed if present)"
+    )
+    p.add_argument("--model", default="default", help="the target the data was built from")
+    p.add_argument(
+        "--preset", default="dream-default", help="draft preset (dream-default, dream-small, eagle, eagle3)"
+    )
+    p.add_argument(
+        "--visual-keep-ratio", type=float, default=None, help="override the preset's VTC keep ratio"
+    )
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--grad-accum", type=int, default=1, help="sequences per step and process")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--feat-weight", type=float, default=0.2)
+    p.add_argument("--intermed-weight", type=float, default=0.2)
+    p.add_argument("--ttt-steps", type=int, default=0, help="training-time test: unrolled steps (EAGLE-3)")
+    p.add_argument(
+        "--feature-noise", type=float, default=0.0, help="uniform noise amplitude on input features"
+    )
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument(
+        "--val-every", type=int, default=0, help="validation tau period in steps (0: at the end only)"
+    )
+    p.add_argument("--val-initial", action="store_true", help="also measure tau before training")
+    p.add_argument("--val-prompts", type=int, default=4)
+    p.add_argument("--val-max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=_run_train)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="tau, tokens/s and speedup of speculative vs autoregressive decoding")
+    p.add_argument("--backend", default="torch", help="runner backend (torch; others register themselves)")
+    p.add_argument("--prompts", required=True, help='JSON lines: {"image": path or null, "question": str}')
+    p.add_argument(
+        "--json", required=True, dest="json_out", help="report path (a .png plot is written beside it)"
+    )
+    p.add_argument("--model", default="default")
+    p.add_argument("--draft", default="untrained", help="draft folder, 'untrained' or 'oracle'")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-context", type=int, default=1024)
+    p.add_argument("--tree", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--node-budget", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=_run_bench)
+
+
+def _set_threads(threads: int) -> None:
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _run_distill_data(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
+    _set_threads(args.threads)
+    from dream_s_edge.distill import DistillDataConfig, build_distill_data, read_manifest
+
+    config = DistillDataConfig(
+        out_dir=args.out,
+        model=args.model,
+        num_scene=args.num_scene,
+        num_photo=args.num_photo,
+        num_text=args.num_text,
+        samples_per_prompt=args.samples_per_prompt,
+        max_new_tokens=args.max_new_tokens,
+        shard_size=args.shard_size,
+        max_bytes=args.max_mb << 20,
+        seed=args.seed,
+    )
+    folder = build_distill_data(config)
+    manifest = read_manifest(folder)
+    choice = manifest.get("layer_selection", {})
+    print(
+        f"{folder}: {manifest['sequences']} sequences, {manifest['bytes'] / 1e6:.1f} MB on disk; "
+        f"entropy-selected layer {choice.get('layer')} of band {choice.get('band')}"
+    )
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
+    _set_threads(args.threads)
+    from dream_s_edge.distill import TrainConfig, train_draft
+
+    config = TrainConfig(
+        data_dir=args.data,
+        out_dir=args.out,
+        model=args.model,
+        preset=args.preset,
+        visual_keep_ratio=args.visual_keep_ratio,
+        steps=args.steps,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        warmup=args.warmup,
+        kl_weight=args.kl_weight,
+        feat_weight=args.feat_weight,
+        intermed_weight=args.intermed_weight,
+        ttt_steps=args.ttt_steps,
+        feature_noise=args.feature_noise,
+        save_every=args.save_every,
+        val_every=args.val_every,
+        val_initial=args.val_initial,
+        val_prompts=args.val_prompts,
+        val_max_new_tokens=args.val_max_new_tokens,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(train_draft(config))
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
+    _set_threads(args.threads)
+    from dream_s_edge.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        prompts=args.prompts,
+        json_out=args.json_out,
+        backend=args.backend,
+        model=args.model,
+        draft=args.draft,
+        max_new_tokens=args.max_new_tokens,
+        max_context=args.max_context,
+        tree_kind=args.tree,
+        top_k=args.top_k,
+        depth=args.depth,
+        node_budget=args.node_budget,
+        limit=args.limit,
+    )
+    report = run_bench(config)
+    print(
+        f"tau {report['tau']['mean']:.2f}, AR {report['tokens_per_s']['autoregressive']:.1f} tok/s, "
+        f"speculative {report['tokens_per_s']['speculative']:.1f} tok/s, speedup {report['speedup']:.2f}x, "
+        f"greedy identical: {report['greedy_identical']} -> {args.json_out}"
+    )
+    return 0
+
+
 def _write_piece(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -94,11 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_target(sub)
+    _add_distill_data(sub)
+    _add_train(sub)
+    _add_bench(sub)
+    _add_export(sub)
+    _add_ask(sub)
     return parser
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
+    )
 
 
 def _quiet_transformers(verbose: bool) -> None:

@@ -25,7 +25,13 @@ def images(tmp_path):
 
 @pytest.mark.parametrize(
     ("case", "words"),
-    [("missing", "not found"), ("corrupt", "corrupt or truncated"), ("cmyk", "CMYK"), ("alpha", "alpha"), ("deep", "16-bit")],
+    [
+        ("missing", "not found"),
+        ("corrupt", "corrupt or truncated"),
+        ("cmyk", "CMYK"),
+        ("alpha", "alpha"),
+        ("deep", "16-bit"),
+    ],
 )
 def test_bad_images_fail_with_one_line(images, capsys, case, words):
     code = main(["generate", "--image", str(images[case]), "What is this?"])
@@ -57,6 +63,24 @@ def test_prompt_longer_than_context_is_refused(default_target_dir, capsys):
 
 def test_console_script_prints_no_traceback(tmp_path):
     script = [sys.executable, "-c", "from dream_s_edge.cli import main; raise SystemExit(main())"]
-    done = subprocess.run([*script, "generate", "--image", str(tmp_path / "x.png"), "Hi"], capture_output=True, text=True)
+    done = subprocess.run(
+        [*script, "generate", "--image", str(tmp_path / "x.png"), "Hi"], capture_output=True, text=True
+    )
     assert done.returncode == EXIT_USER_ERROR
     assert "Traceback" not in done.stderr and done.stderr.strip().startswith("error: Image not found")
+
+
+def test_parser_builds_without_torch():
+    code = "import sys; from dream_s_edge.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_config_flags_override_presets_only_when_given():
+    from dream_s_edge.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["target", "train-vision", "--preset", "smoke", "--lr", "0.01", "--no-resume"])
+    from dream_s_edge.cli_flags import given_flags
+
+    assert given_flags(args, ["lr", "resume", "seed"]) == {"lr": 0.01, "resume": False}

@@ -1,0 +1,71 @@
+"""Training and validation batches, each a pure function of (config, step).
+
+Stage 1 step `s` reads train samples `base(1) + s * probe_batch + j`, stage 2 step `s` reads
+`base(2) + (s - probe_steps) * batch_size + j`, where the bases depend on the seed only. So a resumed
+run reads exactly the batches an uninterrupted run would, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dream_s_edge.data import QUESTION_TYPES, eval_sample, make_sample
+from dream_s_edge.data.dataset import SPLIT_STRIDE
+from dream_s_edge.vision_training.probe import scene_targets
+from dream_s_edge.vision_training.sequences import ChatLayout, collate, encode_turns, pixel_values
+
+_STAGE_BASE = {1: 0, 2: SPLIT_STRIDE // 2}  # stage 2 never re-reads a stage 1 image (for any sane run)
+
+
+def train_indices(config, step: int) -> list[int]:
+    """Train-split sample indices read at global `step`."""
+    stage = 1 if step < config.probe_steps else 2
+    size = config.probe_batch if stage == 1 else config.batch_size
+    local = step if stage == 1 else step - config.probe_steps
+    base = _STAGE_BASE[stage] + config.seed * 10_000_019
+    return [(base + local * size + j) % SPLIT_STRIDE for j in range(size)]
+
+
+def probe_batch(indices: list[int], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1 batch: pixels [B, 3, H, W] and attribute targets [B, S]."""
+    samples = [make_sample("train", i, image_size) for i in indices]
+    return pixel_values([s.image for s in samples], image_size), torch.stack(
+        [scene_targets(s.scene) for s in samples]
+    )
+
+
+def pick_turns(sample, k: int) -> list[tuple[str, str]]:
+    """Up to `k` of the sample's questions in a seeded order, the word question first when there is one
+    (it is the rarest and hardest type)."""
+    order = np.random.default_rng(sample.seed).permutation(len(sample.questions))
+    qas = sorted((sample.questions[i] for i in order), key=lambda qa: qa.qtype != "word")
+    return [(qa.question, qa.answer) for qa in qas[:k]]
+
+
+def qa_batch(indices: list[int], layout: ChatLayout, tokenizer, image_size: int, k: int):
+    """Stage 2 batch: pixels [B, 3, H, W], input_ids [B, T] and labels [B, T] with k turns per image."""
+    samples = [make_sample("train", i, image_size) for i in indices]
+    rows = [encode_turns(layout, tokenizer, pick_turns(s, k)) for s in samples]
+    return (pixel_values([s.image for s in samples], image_size), *collate(rows, layout.pad))
+
+
+def val_batches(size: int, batch: int, layout: ChatLayout, tokenizer, image_size: int) -> list[tuple]:
+    """The fixed validation set: `size` one-question samples, types cycling through QUESTION_TYPES.
+
+    Each batch is (pixels, input_ids, labels, scene targets, question types).
+    """
+    out = []
+    for start in range(0, size, batch):
+        samples = [eval_sample("val", i, image_size) for i in range(start, min(size, start + batch))]
+        rows = [
+            encode_turns(layout, tokenizer, [(s.questions[0].question, s.questions[0].answer)])
+            for s in samples
+        ]
+        pixels = pixel_values([s.image for s in samples], image_size)
+        targets = torch.stack([scene_targets(s.scene) for s in samples])
+        out.append((pixels, *collate(rows, layout.pad), targets, [s.questions[0].qtype for s in samples]))
+    return out
+
+
+assert len(QUESTION_TYPES) == 5

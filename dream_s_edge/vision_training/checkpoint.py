@@ -1,0 +1,123 @@
+"""Training checkpoints (exact resume) and the shipped artifacts (trained tensors and model card).
+
+A checkpoint holds everything the next step depends on: the global step, the trained tensors, the
+attribute head, the optimizer of the current stage and the torch RNG states. Data order is a function
+of (seed, step) alone, so restoring the step restores the next batch. Writes go to a temporary file
+that replaces the old one atomically, so a kill mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from runtime.errors import TrainingError
+
+# Fields that change what a step computes: a checkpoint only resumes a run that agrees on them.
+SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size", "questions_per_image")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Writes `state` (tensors and plain values) to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, config) -> dict | None:
+    """The checkpoint at `path`, or None when there is none.
+
+    Raises:
+        TrainingError: the checkpoint belongs to a run with a different schedule.
+    """
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state["config"]
+    changed = [f for f in SCHEDULE_FIELDS if saved.get(f) != getattr(config, f)]
+    if changed:
+        raise TrainingError(
+            f"The checkpoint {path} belongs to a different training schedule.",
+            note=", ".join(f"{f}: {saved.get(f)} there, {getattr(config, f)} now" for f in changed),
+            hint="use another out_dir, pass the same settings, or set resume=False to start over",
+        )
+    return state
+
+
+def rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_asset(path: Path, tensors: dict[str, torch.Tensor], config) -> None:
+    """Writes the trained tensors as safetensors, with the training config as metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: str(v) for k, v in asdict(config).items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+MODEL_CARD = """# Model card: the embedded default target's vision tower
+
+`default_vision.safetensors` holds the vision tower (SigLIP-style, {tower}) and the pixel-shuffle
+connector of the embedded default target, whose language model is SmolLM2-135M-Instruct. The language
+model stays frozen and is not in this file; {n_tensors} tensors, {n_params:,} parameters.
+
+## Training
+
+- Data: procedural scene QA (`dream_s_edge/data/`): shapes, colours, sizes, grid positions, a written
+  word, plain / noisy / textured backgrounds. Questions: {qtypes}. Train, validation and test splits
+  are disjoint by seed.
+- Stage 1 ({probe_steps} steps, batch {probe_batch}): tower and connector with attribute heads
+  (count, shape and colour per cell, word), no language model.
+- Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions): through the frozen language
+  model, cross-entropy on the answer tokens and their closing `<|im_end|>` only.
+- Seed {seed}. The untrained tower it starts from is the embedded build's seeded initialisation.
+
+## Reproduce
+
+```
+{command}
+```
+
+Evaluate (exact match per question type on the test split, against the untrained tower):
+
+```
+dream-s-edge target eval
+```
+
+## Limits
+
+The tower has only seen synthetic scenes: on photographs the language model still answers fluently,
+but no accuracy is claimed for them.
+"""
+
+
+def write_model_card(path: Path, config, tensors: dict[str, torch.Tensor], tower: str, command: str) -> None:
+    """Writes MODEL_CARD.md next to the shipped tensors."""
+    from dream_s_edge.data import QUESTION_TYPES
+
+    text = MODEL_CARD.format(
+        tower=tower,
+        n_tensors=len(tensors),
+        n_params=sum(t.numel() for t in tensors.values()),
+        qtypes=", ".join(QUESTION_TYPES),
+        qpi=config.questions_per_image,
+        command=command,
+        **{k: getattr(config, k) for k in ("probe_steps", "probe_batch", "lm_steps", "batch_size", "seed")},
+    )
+    path.write_text(text)

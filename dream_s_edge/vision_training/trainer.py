@@ -1,0 +1,215 @@
+"""`train_vision`: trains the target's vision tower and connector with the language model frozen.
+
+Stage 1 (attribute heads, no language model) makes the tower see; stage 2 (through the frozen language
+model, loss on answer tokens) makes the language model read it. Progress shows on a tqdm bar with the
+loss and the latest validation score; checkpoints allow an exact resume after a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dream_s_edge.vision_training import batches
+from dream_s_edge.vision_training.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_asset,
+    write_model_card,
+)
+from dream_s_edge.vision_training.config import VisionTrainConfig
+from dream_s_edge.vision_training.model import (
+    VisionQA,
+    load_target,
+    load_trained,
+    target_init_seed,
+    trained_state,
+    untrained_state,
+)
+from dream_s_edge.vision_training.probe import ProbeHead, probe_loss, scale_loss
+from dream_s_edge.vision_training.sequences import IGNORE, chat_layout
+
+logger = logging.getLogger(__name__)
+
+REPRODUCE_COMMAND = "dream-s-edge target train-vision"
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(local_step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak, within one stage."""
+    if local_step < warmup:
+        return peak * (local_step + 1) / warmup
+    progress = (local_step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class _Run:
+    """The state of one training run: model, head, optimizer, step."""
+
+    def __init__(self, config: VisionTrainConfig):
+        self.config = config
+        self.device = pick_device(config.device)
+        model, self.processor, self.folder = load_target(config.model_dir, self.device)
+        load_trained(model, untrained_state(model, target_init_seed(self.folder, config.init_seed)))
+        self.layout = chat_layout(self.processor)
+        self.vqa = VisionQA(model, self.layout.prefix, self.processor.image_token_id).to(self.device)
+        self.image_size = model.config.vision_config.image_size
+        torch.manual_seed(config.seed)
+        dim = model.config.text_config.hidden_size
+        self.head = ProbeHead(self.processor.image_seq_len, dim).to(self.device)
+        self.embed_rms = model.model.text_model.get_input_embeddings().weight.pow(2).mean().sqrt().item()
+        self.step, self.stage, self.optimizer = 0, 0, None
+        self.val = batches.val_batches(
+            config.val_size, config.batch_size, self.layout, self.processor.tokenizer, self.image_size
+        )
+        self.ckpt_path = Path(config.out_dir) / "checkpoint.pt"
+
+    def stage_of(self, step: int) -> int:
+        return 1 if step < self.config.probe_steps else 2
+
+    def ensure_optimizer(self) -> None:
+        """Creates the optimizer of the current step's stage (stage 2 drops the head)."""
+        stage = self.stage_of(self.step)
+        if stage == self.stage:
+            return
+        params = self.vqa.trainable_parameters() + (list(self.head.parameters()) if stage == 1 else [])
+        self.optimizer = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)
+        self.stage = stage
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "trained": trained_state(self.vqa.model),
+            "head": self.head.state_dict(),
+            "optimizer_stage": self.stage,
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "rng": rng_state(),
+            "config": asdict(self.config),
+        }
+
+    def restore(self, state: dict) -> None:
+        self.step = state["step"]
+        load_trained(self.vqa.model, {k: v.to(self.device) for k, v in state["trained"].items()})
+        self.head.load_state_dict(state["head"])
+        self.ensure_optimizer()
+        if state["optimizer"] is not None and state["optimizer_stage"] == self.stage:
+            self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+
+    def train_step(self) -> float:
+        """One optimizer step at self.step; returns its loss."""
+        cfg, indices = self.config, batches.train_indices(self.config, self.step)
+        self.ensure_optimizer()
+        if self.stage == 1:
+            pixels, targets = batches.probe_batch(indices, self.image_size)
+            visual = self.vqa.visual_tokens(pixels.to(self.device))
+            loss = probe_loss(self.head(visual), targets.to(self.device))[0] + scale_loss(
+                visual, self.embed_rms
+            )
+            local, steps, peak = self.step, cfg.probe_steps, cfg.probe_lr
+        else:
+            batch = batches.qa_batch(
+                indices, self.layout, self.processor.tokenizer, self.image_size, cfg.questions_per_image
+            )
+            loss = self.vqa(*(t.to(self.device) for t in batch))[0]
+            local, steps, peak = self.step - cfg.probe_steps, cfg.lm_steps, cfg.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(local, steps, peak, cfg.warmup)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Attribute-head accuracy (stage 1) or teacher-forced exact match (stage 2) on validation."""
+        if self.stage_of(self.step - 1) == 1:
+            hits = [
+                probe_loss(self.head(self.vqa.visual_tokens(b[0].to(self.device))), b[3].to(self.device))[1]
+                for b in self.val
+            ]
+            return {"val_attr_acc": float(torch.stack(hits).mean())}
+        correct = total = 0
+        for pixels, input_ids, labels, _, _ in self.val:
+            _, logits, targets = self.vqa(
+                pixels.to(self.device), input_ids.to(self.device), labels.to(self.device)
+            )
+            rows = (labels != IGNORE).nonzero()[:, 0].to(self.device)
+            wrong = torch.zeros(len(labels), device=self.device).index_add_(
+                0, rows, (logits.argmax(-1) != targets).float()
+            )
+            correct += int((wrong == 0).sum())
+            total += len(labels)
+        return {"val_exact_match": correct / max(1, total)}
+
+
+def train_vision(config: VisionTrainConfig) -> Path:
+    """Trains the vision tower and connector of a target, resuming from out_dir when possible.
+
+    Args:
+        config: the run; see VisionTrainConfig.
+
+    Returns:
+        The trained safetensors file; or, when stopped early by `config.stop_after`, the checkpoint.
+
+    Raises:
+        TrainingError: out_dir holds a checkpoint of a different schedule (and resume is on).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = _Run(config)
+    state = load_checkpoint(run.ckpt_path, config) if config.resume else None
+    if state is not None:
+        run.restore(state)
+        logger.info("Resuming %s at step %d", run.ckpt_path, run.step)
+    log = Path(config.out_dir) / "log.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    stop = config.total_steps if config.stop_after is None else min(config.stop_after, config.total_steps)
+    postfix: dict[str, float] = {}
+    with tqdm(total=config.total_steps, initial=run.step, desc="train-vision", dynamic_ncols=True) as bar:
+        while run.step < stop:
+            postfix["loss"] = run.train_step()
+            postfix["stage"] = run.stage
+            if run.step % config.eval_every == 0 or run.step in (config.probe_steps, config.total_steps):
+                postfix.update(run.validate())
+                with log.open("a") as f:
+                    f.write(json.dumps({"step": run.step, **postfix}) + "\n")
+            if run.step % config.checkpoint_every == 0 or run.step == stop:
+                save_checkpoint(run.ckpt_path, run.state())
+            bar.set_postfix({k: round(v, 4) for k, v in postfix.items()})
+            bar.update(1)
+    if run.step < config.total_steps:
+        return run.ckpt_path
+    return _export(run)
+
+
+def _export(run: _Run) -> Path:
+    """Writes the trained tensors (and, for the package asset, the model card)."""
+    from dream_s_edge.embedded.build import VISION_ASSET
+
+    config, tensors = run.config, trained_state(run.vqa.model)
+    ship = config.asset_path is None and config.model_dir is None
+    path = VISION_ASSET if ship else Path(config.asset_path or Path(config.out_dir) / "vision.safetensors")
+    write_asset(path, tensors, config)
+    if ship:
+        vc = run.vqa.model.config.vision_config
+        tower = f"{vc.num_hidden_layers} layers, hidden {vc.hidden_size}, {vc.image_size} px, patch {vc.patch_size}"
+        write_model_card(path.parent / "MODEL_CARD.md", config, tensors, tower, REPRODUCE_COMMAND)
+    logger.info("Wrote %d trained tensors to %s", len(tensors), path)
+    return path
