@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import runtime
 
 MODULES = sorted(f"runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__))
@@ -29,3 +31,28 @@ def test_runtime_imports_without_torch() -> None:
     root = Path(runtime.__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_ort_runtime_modules_are_checked() -> None:
+    assert {"runtime.manifest", "runtime.ort_backend", "runtime.ort_target", "runtime.ort_draft",
+            "runtime.preprocess", "runtime.session"} <= set(MODULES)
+
+
+def test_ask_runs_without_torch(exported_tiny, tmp_path) -> None:
+    """`dream-s-edge ask` answers from exported artifacts and never imports torch or transformers."""
+    from PIL import Image
+
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.random.RandomState(1).randint(0, 255, (30, 40, 3), dtype=np.uint8)).save(picture)
+    code = (
+        "import sys\n"
+        "from dream_s_edge.cli import main\n"
+        f"rc = main(['ask', '--artifacts', {str(exported_tiny[0])!r}, '--image', {str(picture)!r},"
+        " '--max-new-tokens', '6', 'What is it?'])\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+        "assert rc == 0 and not bad, (rc, bad)\n"
+    )
+    root = Path(runtime.__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tokens/s" in proc.stderr
