@@ -1,0 +1,118 @@
+"""Exports a DREAM draft: the step graph, the feature-memory graph, and its small constant tables.
+
+Writes into the artifact folder (keys as in the manifest's `files`):
+
+    draft_step.onnx     DraftStep (export/draft_graphs.py), top-k fixed to the tree's top_k
+    draft_memory.onnx   DraftMemory, for drafts that read target features
+    draft_null_key.npy, draft_null_value.npy   [Hkv, D] the cross-attention null entry
+    draft_null_feature.npy                     [H_d] the "concat" null feature
+    draft_d2t.npy                              [V_d] draft -> target ids, with a reduced vocabulary
+
+and the manifest's `draft` section (the DraftSpec, scratch slots, max depth). Parity of both graphs
+is checked against the PyTorch modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export import contract
+from export.draft_graphs import DraftMemory, DraftStep
+from export.onnx_export import onnx_from_torch
+from export.parity import check_parity
+from runtime.errors import ExportError
+
+
+def _step_feeds(spec, top_k: int, past: int, count: int, memory: int, seed: int) -> dict[str, np.ndarray]:
+    """Random draft-step inputs (masks hide a few keys, never a whole row)."""
+    rng = np.random.default_rng(seed)
+    hidden, heads, dim = spec.hidden_size, spec.num_kv_heads, spec.head_dim
+    mask = np.zeros((1, 1, count, past + count), dtype=np.float32)
+    mask[0, 0, :, : past // 2] = contract.MASK_MIN
+    feeds = {"inputs_embeds": rng.standard_normal((1, count, spec.target_hidden_size)).astype(np.float32) * 0.1}
+    if spec.interaction == "concat":
+        feeds["previous"] = rng.standard_normal((1, count, hidden)).astype(np.float32)
+    feeds["position_ids"] = np.arange(past, past + count, dtype=np.int64)
+    feeds["self_mask"] = mask
+    if spec.interaction == "cross_attention":
+        feeds["memory_key"] = rng.standard_normal((1, memory, heads, dim)).astype(np.float32)
+        feeds["memory_value"] = rng.standard_normal((1, memory, heads, dim)).astype(np.float32)
+        mem_mask = np.zeros((1, 1, count, memory), dtype=np.float32)
+        mem_mask[0, 0, :, memory // 2:] = contract.MASK_MIN
+        feeds["memory_mask"] = mem_mask
+    for b in range(spec.num_layers):
+        pk, pv, _, _ = contract.kv_names(b)
+        feeds[pk] = rng.standard_normal((1, past, heads, dim)).astype(np.float32)
+        feeds[pv] = rng.standard_normal((1, past, heads, dim)).astype(np.float32)
+    return feeds
+
+
+def _reference(module, inputs, outputs):
+    def run(feed):
+        with torch.no_grad():
+            result = module(*[torch.from_numpy(feed[s.name]) for s in inputs])
+        result = (result,) if isinstance(result, torch.Tensor) else result
+        return {s.name: r.detach().numpy() for s, r in zip(outputs, result, strict=True)}
+    return run
+
+
+def export_draft(model, out: Path, arts, config) -> None:
+    """Writes the draft's graphs, tables and manifest section into `out` (see the module docstring)."""
+    spec = model.spec
+    tree = config.tree
+    if tree.top_k > spec.draft_vocab:
+        raise ExportError("The tree's top_k exceeds the draft vocabulary.", note=f"{tree.top_k} > {spec.draft_vocab}")
+    step = DraftStep(model, tree.top_k).eval()
+    inputs, outputs = contract.draft_step_io(spec.num_layers, spec.target_hidden_size, spec.hidden_size,
+                                             spec.num_kv_heads, spec.head_dim, spec.interaction, tree.top_k)
+    example = _step_feeds(spec, tree.top_k, past=4, count=2, memory=5, seed=0)
+    path = onnx_from_torch(step, tuple(torch.from_numpy(example[s.name]) for s in inputs),
+                           out / "draft_step.onnx", inputs, outputs)
+    arts.files["draft_step"] = "draft_step.onnx"
+    arts.io_contract[contract.DRAFT_STEP] = contract.graph_contract(inputs, outputs)
+    if config.parity:
+        feeds = [_step_feeds(spec, tree.top_k, 0, 5, 3, 1), _step_feeds(spec, tree.top_k, 9, 3, 12, 2)]
+        arts.parity[contract.DRAFT_STEP] = check_parity(path, _reference(step, inputs, outputs), feeds)
+    if model.feat_in is not None:
+        _export_memory(model, out, arts, config.parity)
+    _save_tables(model, out, arts)
+    arts.sections["draft"] = {
+        "spec": spec.to_dict(),
+        "scratch_slots": max(tree.scratch_slots, 1),
+        "max_depth": max(tree.depth, 1),
+        "top_k": tree.top_k,
+    }
+
+
+def _export_memory(model, out: Path, arts, parity: bool) -> None:
+    spec = model.spec
+    module = DraftMemory(model).eval()
+    inputs, outputs = contract.draft_memory_io(spec.feature_dim, spec.hidden_size, spec.num_kv_heads,
+                                               spec.head_dim, spec.interaction)
+    features = torch.randn(1, 3, spec.feature_dim)
+    path = onnx_from_torch(module, (features,), out / "draft_memory.onnx", inputs, outputs)
+    arts.files["draft_memory"] = "draft_memory.onnx"
+    arts.io_contract[contract.DRAFT_MEMORY] = contract.graph_contract(inputs, outputs)
+    if parity:
+        rng = np.random.default_rng(4)
+        feeds = [{"features": rng.standard_normal((1, m, spec.feature_dim)).astype(np.float32)} for m in (1, 7)]
+        arts.parity[contract.DRAFT_MEMORY] = check_parity(path, _reference(module, inputs, outputs), feeds)
+
+
+def _save_tables(model, out: Path, arts) -> None:
+    """The null entries and the vocabulary map as .npy files."""
+    tables = {}
+    if model.cross is not None:
+        tables["draft_null_key"] = model.cross.null_k
+        tables["draft_null_value"] = model.cross.null_v
+    if model.spec.interaction == "concat":
+        tables["draft_null_feature"] = model.null_feature
+    if model.d2t is not None:
+        tables["draft_d2t"] = model.d2t
+    for key, tensor in tables.items():
+        array = tensor.detach().cpu().numpy()
+        np.save(out / f"{key}.npy", array.astype(np.int64 if key == "draft_d2t" else np.float32))
+        arts.files[key] = f"{key}.npy"

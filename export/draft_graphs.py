@@ -1,0 +1,112 @@
+"""Torch modules that trace into the draft's ONNX graphs: one draft step, and target features -> memory.
+
+Place in the data flow: `DreamDraft` -> `DraftStep` / `DraftMemory` -> `torch.onnx.export`
+(`export/draft_export.py`) -> `draft_step.onnx` / `draft_memory.onnx`.
+
+`DraftStep` runs `DreamDraft.decode` arithmetic over the contract's layout (`export/contract.py`):
+self-attention over slot-major past K/V `[1, P, Hkv, D]` followed by the step's own K/V, additive
+masks instead of boolean ones, and it returns only the new K/V. The blocks' own submodules are
+called (projections, norms, MLPs, rope), so a trained draft exports as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dream_s_edge.draft.blocks import apply_rope, merge_heads, rope_cos_sin, split_heads
+
+
+def attend_additive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`blocks.attend` with an additive mask [1, 1, n, S] (0 visible, float32 min hidden).
+
+    q [1, H, n, D], k/v [1, Hkv, S, D] -> [1, H, n, D]; query groups fold into the query axis (GQA).
+    """
+    B, H, n, D = q.shape
+    groups = H // k.shape[1]
+    q = q.reshape(B, k.shape[1], groups * n, D).float()
+    scores = torch.matmul(q, k.float().transpose(-1, -2)) * D**-0.5  # [1, Hkv, g * n, S]
+    scores = scores + mask[0, 0].repeat(groups, 1)
+    out = torch.matmul(scores.softmax(dim=-1), v.float())
+    return out.reshape(B, H, n, D)
+
+
+def _block_step(block, x, cos, sin, mask, past_k, past_v):
+    """One decoder block over n new tokens; returns (y [1, n, H_d], k, v [1, n, Hkv, D])."""
+    attn = block.attn
+    h_in = block.input_norm(x)
+    q = apply_rope(split_heads(attn.q_proj(h_in), attn.num_heads), cos, sin)
+    k = apply_rope(split_heads(attn.k_proj(h_in), attn.num_kv_heads), cos, sin)  # [1, Hkv, n, D]
+    v = split_heads(attn.v_proj(h_in), attn.num_kv_heads)
+    keys = torch.cat((past_k.transpose(1, 2), k), dim=2)
+    values = torch.cat((past_v.transpose(1, 2), v), dim=2)
+    h = x + attn.o_proj(merge_heads(attend_additive(q, keys, values, mask)))
+    y = h + block.mlp(block.post_norm(h))
+    return y, k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _cross_step(cross, x, memory_k, memory_v, mask):
+    """The gated cross-attention block with an additive memory mask; memory K/V [1, M, Hkv, D]."""
+    q = cross.q_norm(split_heads(cross.q_proj(cross.norm(x)), cross.num_heads))
+    attn = cross.o_proj(merge_heads(attend_additive(q, memory_k.transpose(1, 2), memory_v.transpose(1, 2), mask)))
+    h = x + torch.tanh(cross.gate_attn) * attn
+    return h + torch.tanh(cross.gate_mlp) * cross.mlp(cross.mlp_norm(h))
+
+
+def _memory(model, vectors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Memory vectors [1, m, H_d] -> the contract's memory outputs for the draft's interaction."""
+    if model.spec.interaction == "cross_attention":
+        k, v = model.project_memory(vectors)
+        return k.transpose(1, 2), v.transpose(1, 2)  # [1, m, Hkv, D]
+    if model.spec.interaction == "concat":
+        return (vectors,)
+    return ()
+
+
+class DraftStep(nn.Module):
+    """One draft pass over n tokens (chain or one tree level), in contract order.
+
+    Args:
+        model: the DreamDraft (float32, eval).
+        top_k: K, the continuations returned per token.
+    """
+
+    def __init__(self, model, top_k: int):
+        super().__init__()
+        self.model = model
+        self.top_k = top_k
+        self.interaction = model.spec.interaction
+
+    def forward(self, *inputs):
+        model, spec = self.model, self.model.spec
+        inputs = list(inputs)
+        embeds = inputs.pop(0)
+        previous = inputs.pop(0) if self.interaction == "concat" else None
+        positions, self_mask = inputs.pop(0), inputs.pop(0)
+        memory_k = memory_v = memory_mask = None
+        if self.interaction == "cross_attention":
+            memory_k, memory_v, memory_mask = inputs.pop(0), inputs.pop(0), inputs.pop(0)
+        x = model.input_stream(embeds, previous)
+        cos, sin = rope_cos_sin(positions, spec.head_dim, spec.rope_theta, x.dtype)
+        presents = []
+        for i, block in enumerate(model.blocks):
+            x, k, v = _block_step(block, x, cos, sin, self_mask, inputs[2 * i], inputs[2 * i + 1])
+            presents += [k, v]
+            if model.cross is not None and i == spec.cross_attention_position:
+                x = _cross_step(model.cross, x, memory_k, memory_v, memory_mask)
+        hidden = model.final_norm(x)
+        logits = nn.functional.linear(model.proj_out(hidden), model.output_head)  # [1, n, V_d]
+        logprobs, ids = torch.log_softmax(logits.float(), dim=-1)[0].topk(self.top_k, dim=-1)
+        memory = _memory(model, model.memory_from_draft(hidden)) if model.feat_in is not None else ()
+        return (logprobs, ids, *memory, *presents)
+
+
+class DraftMemory(nn.Module):
+    """Target features [1, m, F] -> the draft's feature memory (projected K/V, or vectors)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return _memory(self.model, self.model.memory_from_target(features))

@@ -1,0 +1,78 @@
+"""OrtDraftRunner equals TorchDraftRunner step by step, and ORT speculative equals ORT greedy AR."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.decode import autoregressive_generate, speculative_generate
+from runtime.manifest import Manifest
+from runtime.ort_draft import OrtDraftRunner
+from runtime.ort_target import OrtTargetRunner
+from runtime.preprocess import PromptBuilder
+
+
+def _export_preset(adapter, preset: str, tree, out):
+    """Saves an untrained draft of `preset` and exports target + draft into `out`; returns the model."""
+    from dream_s_edge.draft.checkpoint import save_draft
+    from dream_s_edge.runners.draft_factory import untrained_draft
+    from export.pipeline import ExportConfig, export_artifacts
+
+    model = untrained_draft(adapter, preset=preset, seed=1)
+    for p in model.parameters():  # non-zero gates, so the cross-attention block matters
+        if p.ndim == 0:
+            p.data.fill_(0.5)
+    save_draft(out / "draft", model, model.spec)
+    export_artifacts(ExportConfig(out=out / "art", max_context=64, draft=str(out / "draft"), tree=tree), adapter=adapter)
+    return model
+
+
+@pytest.mark.parametrize("preset", ["dream-default", "eagle"])
+def test_draft_steps_match_torch(exported_tiny, tiny_tree, image, tmp_path, preset) -> None:
+    from dream_s_edge.generation import build_prompt
+    from dream_s_edge.runners.draft_factory import draft_runner, load_draft_model
+    from dream_s_edge.runners.target_torch import TorchTargetRunner
+    from runtime.runner import RunnerLimits
+
+    adapter = exported_tiny[1]
+    _export_preset(adapter, preset, tiny_tree, tmp_path)
+    model = load_draft_model(adapter, tmp_path / "draft")
+    manifest = Manifest.load(tmp_path / "art")
+    target = TorchTargetRunner(adapter, RunnerLimits(64, 10), feature_layers=model.spec.feature_layers)
+    ref = draft_runner(adapter, model, 64, tiny_tree)
+    got = OrtDraftRunner(manifest, np.load(manifest.path("embeddings")), threads=1)
+    result = target.prefill(build_prompt(adapter, image, "What is it?", 64))
+    steps = [
+        lambda r: r.prefill(result, build_prompt(adapter, image, "What is it?", 64).input_ids, 7, 3),
+        lambda r: r.tree_step(np.array([5, 6]), np.full(2, r.length), np.array([0, 1]), np.zeros((2, 2), bool), 3),
+        lambda r: r.tree_step(np.array([8]), np.array([r.length + 1]), np.array([2]),
+                              np.array([[True, False, True]]), 3),
+        lambda r: r.advance(np.array([5, 9]), result.features[:2], 3),
+        lambda r: r.tree_step(np.array([4, 3, 2]), np.full(3, r.length), np.array([0, 1, 2]),
+                              np.zeros((3, 3), bool), 3),
+    ]
+    for step in steps:
+        a, b = step(ref), step(got)
+        np.testing.assert_array_equal(b.token_ids, a.token_ids)
+        np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-4)
+
+
+def test_speculative_equals_autoregressive(exported_tiny, tiny_tree, image) -> None:
+    from dream_s_edge.generation import GenerationConfig, TreeOptions, build_prompt, generate
+
+    folder, adapter = exported_tiny
+    manifest = Manifest.load(folder)
+    prompts = PromptBuilder(folder, manifest["processor"])
+    target = OrtTargetRunner(manifest, threads=1)
+    draft = OrtDraftRunner(manifest, target.embeddings, threads=1)
+    options = TreeOptions(kind="dynamic", top_k=3, depth=4, node_budget=10)
+    for question in ["What is it?", "hi"]:
+        eos = adapter.spec.eos_token_ids
+        spec = speculative_generate(target, draft, prompts.build(image, question), tiny_tree, max_new_tokens=24,
+                                    eos_ids=eos)
+        ar = autoregressive_generate(target, prompts.build(image, question), max_new_tokens=24, eos_ids=eos)
+        np.testing.assert_array_equal(spec.tokens, ar.tokens)
+        torch_spec = generate(adapter, build_prompt(adapter, image, question, 64), GenerationConfig(24, max_context=64),
+                              tree=options, draft="untrained")
+        np.testing.assert_array_equal(spec.tokens, torch_spec.tokens)
+        assert spec.metrics.accept_counts == torch_spec.metrics.accept_counts
