@@ -4,7 +4,8 @@ Everything that crosses from export to runtime is named here, by functions, and 
 `manifest.json` (`io_contract`); the runtime reads the names back from the manifest and never spells
 one itself. Each tensor carries a `role` (what it is; the runtime looks tensors up by role) and,
 for per-layer tensors, a `layer`. Symbolic axes: `past` (committed slots P handed to the graph), `new`
-(tokens T of this step), `images`, `memory` (feature-memory entries M), `k` (top-k).
+(tokens T of this step), `rows` (logits rows, min(new, node_budget)), `images`, `memory`
+(feature-memory entries M), `k` (top-k).
 
 Graphs and their tensors, in order (L target layers, B draft blocks, Hkv/D per model)::
 
@@ -15,7 +16,8 @@ Graphs and their tensors, in order (L target layers, B draft blocks, Hkv/D per m
                        attention_mask    float32 [1, 1, new, past + new]   additive: 0 or -3.4e38
                        past_key.{i}      float32 [1, past, Hkv, D]         i = 0 .. L-1, then
                        past_value.{i}    float32 [1, past, Hkv, D]         interleaved k, v per layer
-                  out  logits            float32 [1, new, V]
+                  out  logits            float32 [1, rows, V]              rows = min(new, node_budget): the
+                                                                           last tokens' logits only
                        features          float32 [1, new, F]               F = H * len(feature_layers)
                        present_key.{i}   float32 [1, new, Hkv, D]          K/V of the new tokens only
                        present_value.{i} float32 [1, new, Hkv, D]
@@ -121,7 +123,7 @@ def decoder_io(
         *_kv(layers, heads, dim, present=False),
     ]
     outputs = [
-        TensorSpec("logits", "logits", "float32", (1, "new", vocab)),
+        TensorSpec("logits", "logits", "float32", (1, "rows", vocab)),
         TensorSpec("features", "features", "float32", (1, "new", feature_dim)),
         *_kv(layers, heads, dim, present=True),
     ]

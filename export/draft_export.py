@@ -8,8 +8,9 @@ Writes into the artifact folder (keys as in the manifest's `files`):
     draft_null_feature.npy                     [H_d] the "concat" null feature
     draft_d2t.npy                              [V_d] draft -> target ids, with a reduced vocabulary
 
-and the manifest's `draft` section (the DraftSpec, scratch slots, max depth). Parity of both graphs
-is checked against the PyTorch modules.
+and the manifest's `draft` section (the DraftSpec, scratch slots, max depth, weight format). Parity of
+both graphs is checked against the PyTorch modules, before `draft_weights` other than float32
+quantize the step graph's MatMuls (`export/quantize.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from export import contract
 from export.draft_graphs import DraftMemory, DraftStep
 from export.onnx_export import onnx_from_torch
 from export.parity import check_parity
+from export.quantize import WEIGHT_FORMATS, quantize_matmuls
 from runtime.errors import ExportError
 
 
@@ -73,9 +75,14 @@ def export_draft(model, out: Path, arts, config) -> None:
                            out / "draft_step.onnx", inputs, outputs)
     arts.files["draft_step"] = "draft_step.onnx"
     arts.io_contract[contract.DRAFT_STEP] = contract.graph_contract(inputs, outputs)
-    if config.parity:
+    if config.parity:  # on the float32 graph: quantization below is a deliberate, recorded change
         feeds = [_step_feeds(spec, tree.top_k, 0, 5, 3, 1), _step_feeds(spec, tree.top_k, 9, 3, 12, 2)]
         arts.parity[contract.DRAFT_STEP] = check_parity(path, _reference(step, inputs, outputs), feeds)
+    weights = getattr(config, "draft_weights", "float32")
+    if weights not in WEIGHT_FORMATS:
+        raise ExportError(f"Unknown draft weight format {weights!r}.", hint=f"use one of {sorted(WEIGHT_FORMATS)}")
+    if WEIGHT_FORMATS[weights] is not None:
+        quantize_matmuls(path, WEIGHT_FORMATS[weights], block_size=32, accuracy_level=4)
     if model.feat_in is not None:
         _export_memory(model, out, arts, config.parity)
     _save_tables(model, out, arts)
@@ -84,6 +91,7 @@ def export_draft(model, out: Path, arts, config) -> None:
         "scratch_slots": max(tree.scratch_slots, 1),
         "max_depth": max(tree.depth, 1),
         "top_k": tree.top_k,
+        "weights": weights,
     }
 
 

@@ -45,6 +45,7 @@ class ExportConfig:
     tree: TreeSpec = field(default_factory=lambda: TreeSpec.dynamic(top_k=4, depth=5, node_budget=16))
     feature_layers: tuple[int, ...] = (-1,)  # used without a draft; a draft brings its own
     parity: bool = True  # check every graph against PyTorch (Polygraphy)
+    draft_weights: str = "float32"  # draft_step MatMul weights: float32, int8 or int4 (export/quantize.py)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def export_target(adapter, out: Path, arts: Artifacts, feature_layers: tuple[int
         table = adapter.text_embedding().weight.detach().float().numpy()
     np.save(out / "embeddings.npy", table)
     arts.files["embeddings"] = "embeddings.npy"
-    _export_decoder(adapter, out, arts, layers, config.parity)
+    _export_decoder(adapter, out, arts, layers, config.parity, config.tree.node_budget)
     processor = processor_section(adapter, out)
     tokens_per_image = _export_vision(adapter, out, arts, processor["image"]["max_image_size"], config.parity)
     arts.files["tokenizer"] = processor["tokenizer_file"]
@@ -179,9 +180,10 @@ def _torch_reference(module, inputs, outputs):
     return run
 
 
-def _export_decoder(adapter, out: Path, arts: Artifacts, layers: tuple[int, ...], parity: bool) -> None:
+def _export_decoder(adapter, out: Path, arts: Artifacts, layers: tuple[int, ...], parity: bool,
+                    logits_rows: int) -> None:
     spec = adapter.spec
-    module = DecoderStep(adapter, layers).eval()
+    module = DecoderStep(adapter, layers, logits_rows).eval()
     inputs, outputs = contract.decoder_io(spec.num_layers, spec.hidden_size, spec.num_kv_heads, spec.head_dim,
                                           spec.vocab_size, spec.hidden_size * len(layers))
     example = _decoder_feeds(spec, past=3, count=2, seed=0)
@@ -190,7 +192,9 @@ def _export_decoder(adapter, out: Path, arts: Artifacts, layers: tuple[int, ...]
     arts.files["decoder"] = "decoder.onnx"
     arts.io_contract[contract.DECODER] = contract.graph_contract(inputs, outputs)
     if parity:
-        feeds = [_decoder_feeds(spec, 0, 6, 1), _decoder_feeds(spec, 7, 4, 2)]
+        # a verify-sized step, a tree after a past, and a prefill longer than the logits rows
+        feeds = [_decoder_feeds(spec, 0, 6, 1), _decoder_feeds(spec, 7, 4, 2),
+                 _decoder_feeds(spec, 0, logits_rows + 3, 5)]
         # fp32 rounding grows with depth (~1e-3 on 30-layer logits from random inputs), hence 1e-2.
         arts.parity[contract.DECODER] = check_parity(path, _torch_reference(module, inputs, outputs), feeds,
                                                      atol=1e-2, rtol=1e-2)

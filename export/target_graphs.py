@@ -61,10 +61,15 @@ class DecoderStep(nn.Module):
         adapter: the loaded target (a `dream_s_edge.targets.TargetAdapter`).
         feature_layers: hidden-state indices (HF convention, 0 = embeddings, L = post-norm)
             concatenated into `features`.
+        logits_rows: logits only for the last `logits_rows` tokens (all when fewer): a verify step
+            (at most node_budget tokens) gets all of its rows, a prefill only its tail, whose last
+            row is all it needs; the LM head over every prompt position (T x V) is skipped.
+            None: every row.
     """
 
-    def __init__(self, adapter, feature_layers: tuple[int, ...]):
+    def __init__(self, adapter, feature_layers: tuple[int, ...], logits_rows: int | None = None):
         super().__init__()
+        self.logits_rows = logits_rows
         self.language_model = adapter.language_model
         self.lm_head = adapter.model.lm_head
         self.feature_layers = feature_layers
@@ -88,7 +93,10 @@ class DecoderStep(nn.Module):
         presents = []
         for layer in cache.layers:
             presents += [layer.new_keys.transpose(1, 2), layer.new_values.transpose(1, 2)]  # [1, T, Hkv, D]
-        return (self.lm_head(out.last_hidden_state), features, *presents)
+        last = out.last_hidden_state
+        if self.logits_rows is not None:
+            last = last[:, -self.logits_rows:]  # an ONNX Slice: clamps when new < logits_rows
+        return (self.lm_head(last), features, *presents)
 
 
 class VisionEncoder(nn.Module):

@@ -55,13 +55,19 @@ class OrtGraph:
         contract: the manifest's io_contract entry; the session's I/O must match it.
         provider: "cpu", "cuda" or "tensorrt".
         threads: intra-op threads (None: onnxruntime's default, or $DREAM_S_EDGE_ORT_THREADS).
+        spin: let idle pool threads spin-wait for work (None: $DREAM_S_EDGE_ORT_SPIN == "1", else
+            off). Spinning saves a wake-up per op on cores nobody else uses, but the speculative
+            loop runs several sessions in turn (and Python between them): a pool that spins after
+            its run takes the cores from the next session. On a 2-core machine shared with other
+            work it made every step about 3x slower (`runtime/step_timing.py`).
 
     Raises:
         EngineError: an unknown provider, or a session that fell back to another provider.
         ManifestError: the graph's I/O differs from the contract.
     """
 
-    def __init__(self, path: Path, graph: str, contract: dict, provider: str = "cpu", threads: int | None = None):
+    def __init__(self, path: Path, graph: str, contract: dict, provider: str = "cpu", threads: int | None = None,
+                 spin: bool | None = None):
         if provider not in PROVIDERS:
             raise EngineError(f"Unknown onnxruntime provider {provider!r}.", hint=f"use one of {sorted(PROVIDERS)}")
         rt = ort()
@@ -70,6 +76,9 @@ class OrtGraph:
         threads = threads or int(os.environ.get("DREAM_S_EDGE_ORT_THREADS", "0"))
         if threads:
             options.intra_op_num_threads = threads
+        spin = os.environ.get("DREAM_S_EDGE_ORT_SPIN", "0") == "1" if spin is None else spin
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
         self.graph = graph
         self.provider = provider

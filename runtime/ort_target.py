@@ -6,6 +6,9 @@ Implements `runtime.runner.TargetRunner`. Data flow of prefill::
     pixel_values [I, 3, s, s] --vision graph--> image embeds [I, N_img, H] --spliced at image tokens-->
     embeds, positions 0..T-1, causal mask --decoder graph--> logits, features, K/V -> cache slots 0..T-1
 
+The decoder returns logits for its last min(T, node_budget) tokens only (`export/contract.py`; older
+exports return all T): a verify gets every node's row, a prefill reads its last row.
+
 verify writes the N tree nodes' K/V into slots `length .. length + N - 1` and `commit` moves the
 accepted ones into place (`SlotKV`). Buffers, allocated once in the constructor:
 
@@ -151,7 +154,8 @@ class OrtTargetRunner:
         return embeds
 
     def _step(self, embeds: np.ndarray, positions: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One decoder pass over T tokens at slots length .. length + T - 1: (logits [T, V], features [T, F])."""
+        """One decoder pass over T tokens at slots length .. length + T - 1: (logits [R, V] of the last
+        R = min(T, node_budget) tokens (all T from older exports), features [T, F])."""
         past, count = self.cache.length, embeds.shape[0]
         self.cache.check_room(past, count)
         graph, cache = self.decoder, self.cache

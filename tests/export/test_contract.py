@@ -17,7 +17,7 @@ def test_decoder_io_order_and_axes() -> None:
     axes = contract.dynamic_axes(inputs + outputs)
     assert axes["past_key.1"] == {1: "past"}
     assert axes["attention_mask"] == {2: "new", 3: "past+new"}
-    assert outputs[0].shape == (1, "new", 11)
+    assert outputs[0].shape == (1, "rows", 11)  # logits of the last min(new, node_budget) tokens
 
 
 def test_draft_io_depends_on_interaction() -> None:
