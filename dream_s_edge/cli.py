@@ -227,6 +227,52 @@ def _run_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_camera(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "camera", help="answer questions about a live camera on a local web page (exported artifacts, no torch)"
+    )
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export`")
+    p.add_argument(
+        "--source", required=True, help="camera index (0), video file, image folder or stream URL"
+    )
+    p.add_argument("--port", type=int, default=8765, help="web page port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument(
+        "--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu", help="onnxruntime provider"
+    )
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: onnxruntime's default)")
+    p.add_argument("--autoregressive", action="store_true", help="decode without the draft")
+    p.add_argument("--repeat", help='a question asked every --every seconds, e.g. "Is anyone at the door?"')
+    p.add_argument("--every", type=float, default=30.0, help="period of --repeat, seconds")
+    p.add_argument("--log", help="JSON-lines file every answer is appended to")
+    p.set_defaults(func=_run_camera)
+
+
+def _run_camera(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime.camera.app import CameraApp
+    from runtime.camera.config import CameraConfig
+
+    config = CameraConfig(
+        artifacts=Path(args.artifacts),
+        source=args.source,
+        port=args.port,
+        provider=args.provider,
+        threads=args.threads or None,
+        speculative=not args.autoregressive,
+        max_new_tokens=args.max_new_tokens,
+        repeat_question=args.repeat,
+        repeat_every_s=args.every,
+        answer_log=Path(args.log) if args.log else None,
+    )
+    app = CameraApp.from_config(config)
+    where = f"http://127.0.0.1:{config.port}/" if config.port else "a free port of 127.0.0.1"
+    print(f"camera page: {where}  (Ctrl-C to stop)", file=sys.stderr)
+    app.serve()
+    return 0
+
+
 def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "distill-data", help="self-distillation data: the target's answers and features, sharded"
@@ -398,6 +444,90 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_build_engines(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-engines", help="build TensorRT engines from an exported folder (on the device)")
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export`")
+    p.add_argument("--precision", choices=["fp16", "int8", "int4-weight-only"], default="fp16")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace on the device")
+    p.add_argument("--host-mb", type=int, default=4096, help="host memory for tactics (TACTIC_DRAM)")
+    p.add_argument("--timing-cache", default=None, help="timing cache file (default: shared per TRT + GPU)")
+    p.set_defaults(func=_run_build_engines)
+
+
+def _run_build_engines(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from export.trt_build import EngineBuildConfig, build_engines
+
+    config = EngineBuildConfig(artifacts=Path(args.artifacts), precision=args.precision,
+                               workspace_mb=args.workspace_mb, host_mb=args.host_mb,
+                               timing_cache=Path(args.timing_cache) if args.timing_cache else None)
+    print(build_engines(config))
+    return 0
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure a backend's stage latencies into a latency table")
+    p.add_argument("--backend", choices=["ort-cpu", "ort-cuda", "trt"], default="ort-cpu")
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export --draft ...`")
+    p.add_argument("--out", required=True, help="latency table JSON (merged into when it exists; plot beside it)")
+    p.add_argument("--precision", default=None, help="trt: which engines (default: the only ones built)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--variants", default="", help="comma-separated draft variants (default: all)")
+    p.add_argument("--check", type=int, default=0, help="also check predictions on N random DraftSpecs")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time, for a CPU shared with other work (use with --threads 1)")
+    p.set_defaults(func=_run_profile)
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    _quiet_transformers(args.verbose)
+    from pathlib import Path
+
+    from dream_s_edge.profiling import ProfileConfig, run_profile
+    from search.latency import format_check
+
+    config = ProfileConfig(artifacts=Path(args.artifacts), out=Path(args.out), backend=args.backend,
+                           precision=args.precision, threads=args.threads, repeats=args.repeats,
+                           variants=tuple(v for v in args.variants.split(",") if v), check=args.check,
+                           clock=args.clock)
+    summary = run_profile(config)
+    print(f"{summary['table']} (plot {summary['plot']}); export {summary['export_s']} s, "
+          f"measure {summary['measure_s']} s, total {summary['total_s']} s")
+    print("per-block costs (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["blocks"].items()))
+    if "check" in summary:
+        print(format_check(summary["check"]))
+    return 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="choose the tree's node budget and depth from a latency table")
+    p.add_argument("--table", required=True, help="latency table written by `dream-s-edge profile`")
+    p.add_argument("--artifacts", required=True, help="the exported folder (its draft and limits)")
+    p.add_argument("--accept", default=None, help="bench JSON with measured acceptance (default: a curve)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--past", type=int, default=256, help="context length the steps are costed at")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dream_s_edge.profiling import TuneConfig, run_tune
+
+    result, alpha = run_tune(TuneConfig(table=Path(args.table), artifacts=Path(args.artifacts),
+                                        accept=Path(args.accept) if args.accept else None, device=args.device,
+                                        backend=args.backend, precision=args.precision, past=args.past))
+    print(f"acceptance alpha {alpha:.3f}; {result.message}")
+    if result.tree is not None:
+        t = result.tree
+        print(f"use: --tree dynamic --top-k {t.top_k} --depth {t.depth} --node-budget {t.node_budget}")
+    return 0
+
+
 def _write_piece(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -417,6 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_export(sub)
     _add_ask(sub)
+    _add_build_engines(sub)
+    _add_profile(sub)
+    _add_tune(sub)
+    _add_camera(sub)
     return parser
 
 

@@ -50,6 +50,16 @@ class OrtDraftRunner:
     """
 
     def __init__(self, manifest: Manifest, embeddings: np.ndarray, provider: str = "cpu", threads: int | None = None):
+        self._configure(manifest, embeddings)
+        self.step = OrtGraph(manifest.path("draft_step"), "draft_step", manifest.contract("draft_step"), provider, threads)
+        self.memory_graph = None
+        if manifest.has("draft_memory"):
+            self.memory_graph = OrtGraph(manifest.path("draft_memory"), "draft_memory",
+                                         manifest.contract("draft_memory"), provider, threads)
+        self._allocate(manifest)
+
+    def _configure(self, manifest: Manifest, embeddings: np.ndarray) -> None:
+        """Sizes, layout and host-side state from the manifest (shared with the TensorRT draft runner)."""
         section = manifest["draft"]
         spec = section["spec"]
         self.interaction = spec["interaction"]
@@ -59,34 +69,33 @@ class OrtDraftRunner:
         context = int(manifest["limits"]["max_context"])
         self.limits = RunnerLimits(max_context=context, node_budget=scratch, max_depth=int(section["max_depth"]))
         self.embeddings = embeddings
-        self.step = OrtGraph(manifest.path("draft_step"), "draft_step", manifest.contract("draft_step"), provider, threads)
-        self.memory_graph = None
-        if manifest.has("draft_memory"):
-            self.memory_graph = OrtGraph(manifest.path("draft_memory"), "draft_memory",
-                                         manifest.contract("draft_memory"), provider, threads)
         self.d2t = np.load(manifest.path("draft_d2t")) if manifest.has("draft_d2t") else None
-        heads, dim = int(spec["num_kv_heads"]), int(spec["hidden_size"]) // int(spec["num_heads"])
-        blocks = int(spec["num_layers"])
+        self._heads, self._dim = int(spec["num_kv_heads"]), int(spec["hidden_size"]) // int(spec["num_heads"])
+        self._blocks, self._width = int(spec["num_layers"]), int(spec["hidden_size"])
         # Layout: self slots [scratch | committed], memory entries [null | scratch | root | features].
         self._committed0, self._mem_root, self._mem_features = scratch, scratch + 1, scratch + 2
-        self.cache = SlotKV(blocks, scratch + context + 1, heads, dim, "cpu")  # [1]
-        mem_width = scratch + 2 + context
+        self._mem_width = scratch + 2 + context
+        self._scratch_pos = np.full(scratch, -1, dtype=np.int64)
+        self._n_self = 0
+        self._root_pos = -1
+
+    def _allocate(self, manifest: Manifest) -> None:
+        """The host / OrtValue buffers (see the module docstring)."""
+        heads, dim, blocks, scratch = self._heads, self._dim, self._blocks, self.limits.node_budget
+        self.cache = SlotKV(blocks, scratch + self.limits.max_context + 1, heads, dim, "cpu")  # [1]
         self._mem_k = self._mem_v = self._mem_vec = None  # [2]
         if self.interaction == "cross_attention":
-            self._mem_k = DeviceBuffer((mem_width, heads, dim))
-            self._mem_v = DeviceBuffer((mem_width, heads, dim))
+            self._mem_k = DeviceBuffer((self._mem_width, heads, dim))
+            self._mem_v = DeviceBuffer((self._mem_width, heads, dim))
             self._mem_k.array[0] = np.load(manifest.path("draft_null_key"))
             self._mem_v.array[0] = np.load(manifest.path("draft_null_value"))
         elif self.interaction == "concat":
-            self._mem_vec = np.zeros((mem_width, int(spec["hidden_size"])), dtype=np.float32)
+            self._mem_vec = np.zeros((self._mem_width, self._width), dtype=np.float32)
             self._mem_vec[0] = np.load(manifest.path("draft_null_feature"))
         self._tree_k = DeviceBuffer((blocks, scratch, heads, dim))  # a tree level's new K/V before the scatter
         self._tree_v = DeviceBuffer((blocks, scratch, heads, dim))
         self._names = {role: self.step.names(side, role) for side, role in (
             ("inputs", "past_key"), ("inputs", "past_value"), ("outputs", "present_key"), ("outputs", "present_value"))}
-        self._scratch_pos = np.full(scratch, -1, dtype=np.int64)
-        self._n_self = 0
-        self._root_pos = -1
 
     # ---- state ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -149,13 +158,18 @@ class OrtDraftRunner:
             previous = self._mem_vec[self._parent_entries(ancestors)][None]
         embeds = self._lookup(np.asarray(tokens, dtype=np.int64).reshape(-1))
         out = self._run(embeds, previous, pos, visible, mem_visible, width, None, top_k)
-        self.cache.scatter(slot, [self._tree_k.array[b, :n] for b in range(self.cache.layers)],
-                           [self._tree_v.array[b, :n] for b in range(self.cache.layers)])
+        self._scatter_tree(slot)
         self._write_draft_memory(out, np.arange(n), 1 + slot)
         self._scratch_pos[slot] = pos
         return self._proposal(out, top_k)
 
     # ---- internals ------------------------------------------------------------------------
+    def _scatter_tree(self, slots: np.ndarray) -> None:
+        """A tree level's new K/V (rows 0 .. n-1 of the tree buffers) -> scratch `slots` [n]."""
+        n = slots.size
+        self.cache.scatter(slots, [self._tree_k.array[b, :n] for b in range(self.cache.layers)],
+                           [self._tree_v.array[b, :n] for b in range(self.cache.layers)])
+
     def _chain(self, embeds: np.ndarray, positions: np.ndarray, last: int, top_k: int) -> dict:
         """Commits a chain of n tokens at increasing positions ending at `last`."""
         n, start = positions.size, self._n_self

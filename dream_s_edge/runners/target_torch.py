@@ -76,10 +76,10 @@ class TorchTargetRunner:
         self.cache.advance(0, input_ids.shape[1])
         visual_mask = self._visual_mask(input_ids)
         return PrefillResult(
-            logits=out.logits[0, -1].float().numpy(),
+            logits=out.logits[0, -1].float().cpu().numpy(),
             features=self._features(out)[0],
-            inputs_embeds=embeds[0].float().numpy(),
-            visual_scores=None if out.visual_attention is None else out.visual_attention[0].float().numpy(),
+            inputs_embeds=embeds[0].float().cpu().numpy(),
+            visual_scores=None if out.visual_attention is None else out.visual_attention[0].float().cpu().numpy(),
             visual_mask=visual_mask,
         )
 
@@ -105,7 +105,7 @@ class TorchTargetRunner:
             tree_mask=torch.from_numpy(np.asarray(tree_mask, dtype=bool)),
             output_layers=self.feature_layers,
         )
-        return VerifyResult(logits=out.logits[0].float().numpy(), features=self._features(out)[0])
+        return VerifyResult(logits=out.logits[0].float().cpu().numpy(), features=self._features(out)[0])
 
     def commit(self, accepted: np.ndarray) -> None:
         """Moves the accepted nodes' K/V to contiguous slots after the committed ones."""
@@ -133,7 +133,7 @@ class TorchTargetRunner:
     def _features(self, out) -> np.ndarray:
         """Concatenates the requested hidden states: [B, T, K * H] float32."""
         parts = [out.hidden_states[i] for i in self.feature_layers]
-        return torch.cat(parts, dim=-1).float().numpy()
+        return torch.cat(parts, dim=-1).float().cpu().numpy()
 
     def _check_room(self, count: int) -> None:
         """Refuses tokens beyond the context the cache was sized for."""

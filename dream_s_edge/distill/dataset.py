@@ -1,0 +1,143 @@
+"""Reading distillation data back: sequences by index, and the tensors one training step needs.
+
+`DistillDataset(folder)` indexes the shards a manifest lists (distill/data.py writes them);
+`training_example(seq, spec, ...)` turns one stored sequence into the draft's inputs and targets,
+applying the draft's visual token compression (VTC) exactly as the runner does at prefill: the
+stream keeps every text position and the most-attended visual positions, the feature memory keeps
+every position.
+
+`epoch_order` / `rank_indices` fix the data order as a pure function of (seed, epoch, rank), so a
+resumed run reads the same sequences in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dream_s_edge.distill.data import read_manifest
+from dream_s_edge.draft.spec import DraftSpec
+from dream_s_edge.draft.vtc import select_kept
+from runtime.errors import TrainingError
+
+
+class DistillDataset:
+    """The sequences of a distillation data folder, in manifest order.
+
+    Raises:
+        TrainingError: no manifest, or no sequences in it.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.index = [(shard["file"], sid) for shard in self.manifest["shards"] for sid in shard["sequences"]]
+        if not self.index:
+            raise TrainingError(f"The data folder {folder} holds no sequences.",
+                                hint="build some with `dream-s-edge distill-data`")
+        self._shard_name: str | None = None
+        self._shard: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """Sequence i as {name: tensor} (names of the data.py docstring)."""
+        name, sid = self.index[i]
+        if name != self._shard_name:  # one shard in memory at a time
+            self._shard = load_file(str(self.folder / name))
+            self._shard_name = name
+        prefix = f"{sid}."
+        return {k[len(prefix):]: v for k, v in self._shard.items() if k.startswith(prefix)}
+
+
+@dataclass
+class TrainingExample:
+    """One sequence as the draft sees it (batch 1, T' stream tokens, M = T feature positions).
+
+    Attributes:
+        embeds: [1, T', H] the stream's inputs (the target's layer-0 inputs at kept positions).
+        features: [1, M, F] target features (the spec's feature layers, concatenated) at every position.
+        positions: [T'] int64 kept absolute positions.
+        last: [T', H] target last-layer features at the kept positions.
+        intermed: [T', H] selected intermediate features at the kept positions.
+        mask: [T'] bool answer positions.
+        answer_start: position of the first answer token (roots of the unrolled steps start there).
+    """
+
+    embeds: torch.Tensor
+    features: torch.Tensor
+    positions: torch.Tensor
+    last: torch.Tensor
+    intermed: torch.Tensor
+    mask: torch.Tensor
+    answer_start: int
+
+
+def training_example(seq: dict[str, torch.Tensor], spec: DraftSpec, device, noise: float = 0.0,
+                     generator: torch.Generator | None = None) -> TrainingExample:
+    """Builds one draft input from a stored sequence.
+
+    Args:
+        seq: a `DistillDataset` item.
+        spec: the draft's spec (feature layers, VTC ratio).
+        device: where the tensors go.
+        noise: amplitude a of uniform noise U(-a, a) added to the input features (EAGLE), 0 = none.
+        generator: CPU generator of that noise (seeded per step, so resumes are exact).
+
+    Raises:
+        TrainingError: the data lacks a feature layer the draft reads.
+    """
+    T = seq["input_ids"].shape[0]
+    positions = torch.arange(T)
+    if spec.visual_keep_ratio < 1.0 and bool(seq["visual_mask"].any()):
+        positions = select_kept(seq["visual_scores"], seq["visual_mask"], spec.visual_keep_ratio)
+    features = torch.cat([_layer(seq, i, spec.target_num_layers) for i in spec.feature_layers], dim=-1).float()
+    if noise > 0:
+        features = features + (torch.rand(features.shape, generator=generator) * 2 - 1) * noise
+    mask = seq["loss_mask"].bool()
+    answer_start = int(torch.nonzero(mask)[0]) + 1 if bool(mask.any()) else T
+    return TrainingExample(
+        embeds=seq["embeds"][positions].float()[None].to(device),
+        features=features[None].to(device),
+        positions=positions.to(device),
+        last=seq["last"][positions].float().to(device),
+        intermed=seq["intermed"][positions].float().to(device),
+        mask=mask[positions].to(device),
+        answer_start=answer_start,
+    )
+
+
+def _layer(seq: dict[str, torch.Tensor], index: int, num_layers: int) -> torch.Tensor:
+    key = "last" if index == num_layers else f"layer_{index}"
+    if key not in seq:
+        raise TrainingError(
+            f"The distillation data has no hidden state of target layer {index}.",
+            f"stored: {sorted(k for k in seq if k == 'last' or k.startswith('layer_'))}",
+            f"rebuild the data with extra_layers including {index}",
+        )
+    return seq[key]
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """[size] the permutation of sequence indices of one epoch."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+
+
+def rank_indices(size: int, seed: int, rank: int, world: int, start: int, count: int) -> list[int]:
+    """Sequence indices this rank reads as its samples start .. start + count - 1.
+
+    Each epoch's permutation is split round-robin over ranks (the tail that does not divide evenly is
+    dropped), so ranks never share a sequence within an epoch.
+    """
+    per_rank = size // world
+    if per_rank < 1:
+        raise TrainingError("Fewer sequences than training processes.", f"{size} sequences, {world} processes")
+    out = []
+    for n in range(start, start + count):
+        epoch, i = divmod(n, per_rank)
+        out.append(int(epoch_order(size, seed, epoch)[i * world + rank]))
+    return out

@@ -1,0 +1,45 @@
+"""The trainer on a tiny target: a run killed between checkpoints and resumed ends with the same
+step count, the same weights and the same loss curve as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from dream_s_edge.distill import TrainConfig, draft_from_checkpoint, train_draft
+from dream_s_edge.distill.train_state import read_log
+from runtime.errors import TrainingError
+
+
+def _config(data, target, out, **overrides) -> TrainConfig:
+    values = dict(data_dir=str(data), out_dir=str(out), model=str(target), steps=6, save_every=2, warmup=2,
+                  ttt_steps=1, feature_noise=0.05, val_prompts=1, val_max_new_tokens=6)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data_dir, tiny_target_dir, tmp_path):
+    whole = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "whole"))
+    killed = _config(tiny_data_dir, tiny_target_dir, tmp_path / "killed", halt_after=3)
+    train_draft(killed)  # "killed" after step 3; its last checkpoint is step 2
+    assert [r["step"] for r in read_log(tmp_path / "killed")] == [1, 2, 3]
+    resumed = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "killed"))
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    log_a, log_b = read_log(tmp_path / "whole"), read_log(tmp_path / "killed")
+    assert [r["step"] for r in log_b] == [r["step"] for r in log_a] == [1, 2, 3, 4, 5, 6, 6]
+    assert [r.get("loss") for r in log_a] == [r.get("loss") for r in log_b]  # no jump, no duplicate
+    record = json.loads((resumed / "config.json").read_text())["distillation"]
+    assert record["layer_selection"]["band"] == [1, 1] and record["world_size"] == 1
+    assert record["validation"]["passes"] > 0 and record["validation"]["tau"] >= 1.0
+    assert (tmp_path / "killed" / "train_log.png").is_file()
+
+
+def test_export_and_refusal_of_another_config(tiny_data_dir, tiny_target_dir, tmp_path):
+    train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path, halt_after=2, steps=4))
+    exported = draft_from_checkpoint(tmp_path)  # a stopped run's draft, usable as --draft
+    assert exported.name == "draft-step2" and (exported / "model.safetensors").is_file()
+    assert json.loads((exported / "config.json").read_text())["distillation"]["step"] == 2
+    with pytest.raises(TrainingError, match="another training configuration"):
+        train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path, steps=4, lr=1e-3))
