@@ -331,22 +331,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="tau, tokens/s and speedup of speculative vs autoregressive decoding")
-    p.add_argument("--backend", default="torch", help="runner backend (torch; others register themselves)")
+    p = sub.add_parser("bench", help="tau, tokens/s and speedup of speculative vs autoregressive decoding, "
+                                     "with HF generate as the reference")
+    p.add_argument("--backend", default="torch",
+                   help="torch, ort-cpu, ort-cuda or trt (the last three run an exported --artifacts folder)")
     p.add_argument("--prompts", required=True, help='JSON lines: {"image": path or null, "question": str}')
     p.add_argument(
         "--json", required=True, dest="json_out", help="report path (a .png plot is written beside it)"
     )
-    p.add_argument("--model", default="default")
-    p.add_argument("--draft", default="untrained", help="draft folder, 'untrained' or 'oracle'")
+    p.add_argument("--artifacts", default=None, help="ort-*/trt: folder written by `dream-s-edge export`")
+    p.add_argument("--precision", default=None, help="trt: which engines (default: the only one built)")
+    p.add_argument("--model", default=None,
+                   help="PyTorch model: 'default' or a local HF folder (default: the embedded target, or the "
+                        "folder the artifacts were exported from); HF generate is timed on it")
+    p.add_argument("--no-hf", dest="hf", action="store_false", help="skip timing HF transformers' generate")
+    p.add_argument("--draft", default="untrained", help="torch: draft folder, 'untrained' or 'oracle'")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--max-context", type=int, default=1024)
-    p.add_argument("--tree", choices=["dynamic", "static"], default="dynamic")
-    p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--node-budget", type=int, default=16)
+    p.add_argument("--max-context", type=int, default=1024, help="torch only (artifacts fix their own)")
+    p.add_argument("--tree", choices=["dynamic", "static"], default=None,
+                   help="default: dynamic (torch) or the artifacts' tree")
+    p.add_argument("--top-k", type=int, default=None, help="default: 4 (torch) or the artifacts' tree")
+    p.add_argument("--depth", type=int, default=None, help="default: 5 (torch) or the artifacts' tree")
+    p.add_argument("--node-budget", type=int, default=None, help="default: 16 (torch) or the artifacts' tree")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch and onnxruntime (0: their defaults)")
     p.set_defaults(func=_run_bench)
 
 
@@ -418,7 +427,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_bench(args: argparse.Namespace) -> int:
     _quiet_transformers(args.verbose)
-    _set_threads(args.threads)
+    if args.backend == "torch" or args.hf:
+        _set_threads(args.threads)
     from dream_s_edge.bench import BenchConfig, run_bench
 
     config = BenchConfig(
@@ -427,6 +437,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         backend=args.backend,
         model=args.model,
         draft=args.draft,
+        artifacts=args.artifacts,
+        precision=args.precision,
         max_new_tokens=args.max_new_tokens,
         max_context=args.max_context,
         tree_kind=args.tree,
@@ -434,12 +446,16 @@ def _run_bench(args: argparse.Namespace) -> int:
         depth=args.depth,
         node_budget=args.node_budget,
         limit=args.limit,
+        hf=args.hf,
+        threads=args.threads,
     )
     report = run_bench(config)
+    hf = report["hf_generate"]
+    versus = f", HF generate {hf['tokens_per_s']:.1f} tok/s (AR/HF {report['ar_vs_hf']:.2f}x)" if hf else ""
     print(
         f"tau {report['tau']['mean']:.2f}, AR {report['tokens_per_s']['autoregressive']:.1f} tok/s, "
-        f"speculative {report['tokens_per_s']['speculative']:.1f} tok/s, speedup {report['speedup']:.2f}x, "
-        f"greedy identical: {report['greedy_identical']} -> {args.json_out}"
+        f"speculative {report['tokens_per_s']['speculative']:.1f} tok/s, speedup {report['speedup']:.2f}x"
+        f"{versus}, greedy identical: {report['greedy_identical']} -> {args.json_out}"
     )
     return 0
 

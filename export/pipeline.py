@@ -109,6 +109,12 @@ def load_model_eager(name: str, load_model):
     return load_target(Path(name), attn_implementation="eager")
 
 
+def source_model_dir(adapter) -> str | None:
+    """The local folder the target was loaded from (absolute), or None when unknown."""
+    name = getattr(getattr(adapter.model, "config", None), "_name_or_path", None)
+    return str(Path(name).resolve()) if name and Path(name).is_dir() else None
+
+
 def tree_dict(tree: TreeSpec) -> dict:
     """The manifest's tree section."""
     return {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget,
@@ -144,6 +150,7 @@ def export_target(adapter, out: Path, arts: Artifacts, feature_layers: tuple[int
         "image_token_id": spec.image_token_id,
         "eos_token_ids": list(spec.eos_token_ids),
         "tokens_per_image": tokens_per_image,
+        "source_model": source_model_dir(adapter),  # where `dream-s-edge bench` finds the PyTorch model
     }
     arts.sections["vocab"] = {"target_vocab_size": spec.vocab_size, "embedding_rows": int(table.shape[0])}
 

@@ -7,7 +7,13 @@ outputs are identical token for token, per-prompt rows) and `OUT.png` beside it.
 
 Both methods run side by side in one process on the same prompts, after a warm-up on the first
 prompt that is not counted. Tokens/s is the total new tokens over the total wall time of the
-generate calls (prefill included); the speedup is the ratio of the two.
+generate calls (prefill included); the speedup is the ratio of the two. `time_split` sums each
+method's prefill / draft / verify / host seconds.
+
+Unless `hf=False` (`--no-hf`), HF transformers' `generate` (greedy) on the PyTorch model
+(`backend.hf_model_dir()`) is timed on the same prompts too, as the reference a user would otherwise
+pick: `hf_generate` holds its tokens/s and how many of its outputs equal the backend's autoregressive
+ones, and `ar_vs_hf` the ratio backend-autoregressive tokens/s / HF-generate tokens/s.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dream_s_edge.bench.backends import make_backend
+from dream_s_edge.bench.backends import HFGenerate, make_backend
 from runtime.errors import UserInputError
 from runtime.images import load_image
 
@@ -37,17 +43,21 @@ class BenchConfig:
 
     prompts: str  # JSON-lines file of {"image": path or null, "question": str}
     json_out: str  # report path; the plot goes beside it with a .png suffix
-    backend: str = "torch"  # a registered backend (bench/backends.py)
-    model: str = "default"  # 'default' or a local HF folder
-    draft: str = "untrained"  # draft folder, 'untrained' or 'oracle'
+    backend: str = "torch"  # a registered backend (bench/backends.py): torch, ort-cpu, ort-cuda, trt
+    model: str | None = None  # 'default' or a local HF folder; None: the default (torch) or the artifacts' source
+    draft: str = "untrained"  # torch: draft folder, 'untrained' or 'oracle' (runtime backends: the exported one)
+    artifacts: str | None = None  # ort-*/trt: the folder written by `dream-s-edge export`
+    precision: str | None = None  # trt: which engines (None: the only one built)
     max_new_tokens: int = 64
-    max_context: int = 1024
-    tree_kind: str = "dynamic"
-    top_k: int = 4
-    depth: int = 5
-    node_budget: int = 16
+    max_context: int = 1024  # torch only (the artifacts fix their own)
+    tree_kind: str | None = None  # None: torch's dynamic default, or the artifacts' tree
+    top_k: int | None = None  # None: 4 (torch) or the artifacts' tree
+    depth: int | None = None  # None: 5 (torch) or the artifacts' tree
+    node_budget: int | None = None  # None: 16 (torch) or the artifacts' tree
     warmup: int = 1  # untimed runs of the first prompt per method
     limit: int | None = None  # use only the first N prompts
+    hf: bool = True  # also time HF transformers' generate on the same prompts
+    threads: int = 0  # onnxruntime intra-op threads (0: its default); torch threads are set by the CLI
 
 
 def read_prompts(path) -> list[tuple[str | None, str]]:
@@ -78,16 +88,22 @@ def run_bench(config: BenchConfig) -> dict:
     """Benchmarks the configured backend on the prompts; writes and returns the report."""
     items = read_prompts(config.prompts)[: config.limit]
     backend = make_backend(config)
-    prompts = [backend.prompt(None if image is None else load_image(image), question) for image, question in items]
+    images = [None if image is None else load_image(image) for image, _ in items]
+    prompts = [backend.prompt(image, question) for image, (_, question) in zip(images, items, strict=True)]
+    hf = HFGenerate(backend.hf_model_dir(), config.max_new_tokens, _eos_of(backend)) if config.hf else None
+    hf_inputs = [hf.inputs(image, question) for image, (_, question) in zip(images, items, strict=True)] if hf else []
     for _ in range(config.warmup):
         backend.autoregressive(prompts[0])
         backend.speculative(prompts[0])
+        if hf is not None:
+            hf.generate(hf_inputs[0])
     rows = []
-    for (image, question), prompt in tqdm(list(zip(items, prompts, strict=True)), desc=f"bench {config.backend}", unit="prompt"):
+    for i, ((image, question), prompt) in enumerate(tqdm(list(zip(items, prompts, strict=True)),
+                                                         desc=f"bench {config.backend}", unit="prompt")):
         ar = backend.autoregressive(prompt)
         spec = backend.speculative(prompt)
-        rows.append(_row(image, question, ar, spec))
-    report = _report(config, backend, rows)
+        rows.append(_row(image, question, ar, spec, hf.generate(hf_inputs[i]) if hf is not None else None))
+    report = _report(config, backend, rows, hf)
     out = Path(config.json_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -95,17 +111,45 @@ def run_bench(config: BenchConfig) -> dict:
     return report
 
 
-def _row(image, question, ar, spec) -> dict:
+def _eos_of(backend) -> tuple[int, ...]:
+    return tuple(getattr(backend, "eos", ()) or ())
+
+
+def _row(image, question, ar, spec, hf=None) -> dict:
     same = np.array_equal(ar.tokens, spec.tokens)
-    return {
+    row = {
         "image": image, "question": question, "identical": bool(same),
         "autoregressive": ar.metrics.to_dict(), "speculative": spec.metrics.to_dict(),
         "tokens": {"autoregressive": len(ar.tokens), "speculative": len(spec.tokens)},
     }
+    if hf is not None:
+        tokens, wall = hf
+        row["hf_generate"] = {"new_tokens": len(tokens), "wall_s": wall,
+                              "tokens_per_s": len(tokens) / max(wall, 1e-9),
+                              "identical_to_autoregressive": bool(np.array_equal(tokens, ar.tokens))}
+    return row
 
 
-def _report(config: BenchConfig, backend, rows: list[dict]) -> dict:
-    depth = config.depth
+def _time_split(rows: list[dict], method: str) -> dict:
+    keys = ("prefill_s", "draft_s", "verify_s", "host_s", "wall_s")
+    return {k: float(sum(r[method][k] for r in rows)) for k in keys}
+
+
+def _hf_section(rows: list[dict], hf, rate: dict) -> dict:
+    wall = sum(r["hf_generate"]["wall_s"] for r in rows)
+    tokens = sum(r["hf_generate"]["new_tokens"] for r in rows)
+    hf_rate = tokens / max(wall, 1e-9)
+    return {
+        "model": str(hf.model_dir), "device": str(hf.adapter.device), "attention": "sdpa",
+        "tokens_per_s": hf_rate, "new_tokens": tokens, "wall_s": wall,
+        "identical_to_autoregressive": sum(r["hf_generate"]["identical_to_autoregressive"] for r in rows),
+        "speculative_vs_hf": rate["speculative"] / max(hf_rate, 1e-9),
+    }
+
+
+def _report(config: BenchConfig, backend, rows: list[dict], hf=None) -> dict:
+    tree = backend.tree
+    depth = tree.depth
     hist = np.zeros(depth + 1, dtype=np.int64)
     for row in rows:
         counts = row["speculative"]["accept_counts"]
@@ -114,19 +158,28 @@ def _report(config: BenchConfig, backend, rows: list[dict]) -> dict:
     tau = float(((np.arange(depth + 1) + 1) * hist).sum() / max(passes, 1))
     rate = {m: sum(r["tokens"][m] for r in rows) / max(sum(r[m]["wall_s"] for r in rows), 1e-9)
             for m in ("autoregressive", "speculative")}
-    return {
+    report = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": asdict(config), "backend": backend.name, "device": backend.device,
         "host": platform.processor() or platform.machine(),
         "prompts": len(rows),
+        "tree": {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget},
         "tau": {"mean": tau, "histogram": hist.tolist(), "passes": passes,
                 "per_prompt": [r["speculative"]["tau"] for r in rows]},
         "tokens_per_s": rate,
         "speedup": rate["speculative"] / max(rate["autoregressive"], 1e-9),
+        "time_split": {m: _time_split(rows, m) for m in ("autoregressive", "speculative")},
         "greedy_identical": all(r["identical"] for r in rows),
+        "identical_prompts": sum(r["identical"] for r in rows),
         "mismatched_prompts": [i for i, r in enumerate(rows) if not r["identical"]],
+        "hf_generate": None,
+        "ar_vs_hf": None,
         "per_prompt": rows,
     }
+    if hf is not None:
+        report["hf_generate"] = _hf_section(rows, hf, rate)
+        report["ar_vs_hf"] = rate["autoregressive"] / max(report["hf_generate"]["tokens_per_s"], 1e-9)
+    return report
 
 
 def plot_bench(report: dict, path) -> Path:
@@ -141,9 +194,15 @@ def plot_bench(report: dict, path) -> Path:
     ax.bar(np.arange(len(hist)) + 1, hist)
     ax.set(xlabel="tokens emitted per target pass", ylabel="target passes",
            title=f"Acceptance (τ = {report['tau']['mean']:.2f})")
-    rates = report["tokens_per_s"]
-    bx.bar(list(rates), list(rates.values()), color=["C7", "C2"])
-    bx.set(ylabel="tokens/s", title=f"{report['backend']}: speedup {report['speedup']:.2f}x")
+    rates = dict(report["tokens_per_s"])
+    colors = ["C7", "C2"]
+    title = f"{report['backend']}: speedup {report['speedup']:.2f}x"
+    if report.get("hf_generate"):
+        rates = {"HF generate": report["hf_generate"]["tokens_per_s"], **rates}
+        colors = ["C0", *colors]
+        title += f", AR/HF {report['ar_vs_hf']:.2f}x"
+    bx.bar(list(rates), list(rates.values()), color=colors)
+    bx.set(ylabel="tokens/s", title=title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -29,6 +29,13 @@ TINY_DATA = dict(num_scene=3, num_photo=2, num_text=3, max_new_tokens=10, shard_
 
 
 @pytest.fixture(scope="session")
+def tiny_data_settings() -> dict:
+    """TINY_DATA as a fixture: a test module's `from conftest import ...` would pick whichever conftest
+    pytest imported last when several test folders run together."""
+    return dict(TINY_DATA)
+
+
+@pytest.fixture(scope="session")
 def tiny_data_dir(tiny_target_dir, tmp_path_factory) -> Path:
     """Distillation data of the tiny target: 8 sequences in 3 shards, 3 held-out prompts."""
     from dream_s_edge.distill import DistillDataConfig, build_distill_data

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_DATA
 from safetensors.torch import load_file
 
 from dream_s_edge.distill import DistillDataConfig, build_distill_data
@@ -41,8 +40,8 @@ def test_contents(tiny_data_dir, tiny_target_dir):
     assert (seq["visual_scores"][seq["visual_mask"]] > 0).all()
 
 
-def test_resume_after_kill_is_identical(tiny_target_dir, tiny_data_dir, tmp_path, monkeypatch):
-    config = DistillDataConfig(out_dir=str(tmp_path / "d"), model=str(tiny_target_dir), **TINY_DATA)
+def test_resume_after_kill_is_identical(tiny_target_dir, tiny_data_dir, tiny_data_settings, tmp_path, monkeypatch):
+    config = DistillDataConfig(out_dir=str(tmp_path / "d"), model=str(tiny_target_dir), **tiny_data_settings)
     real = data_module._one_sequence
     calls = {"n": 0}
 
