@@ -70,7 +70,9 @@ class OrtDraftRunner:
         self.limits = RunnerLimits(max_context=context, node_budget=scratch, max_depth=int(section["max_depth"]))
         self.embeddings = embeddings
         self.d2t = np.load(manifest.path("draft_d2t")) if manifest.has("draft_d2t") else None
-        self._heads, self._dim = int(spec["num_kv_heads"]), int(spec["hidden_size"]) // int(spec["num_heads"])
+        self._heads = int(spec["num_kv_heads"])
+        # head width: explicit for DREAM-S sub-networks that keep fewer heads (see DraftSpec.attention_head_dim)
+        self._dim = int(spec.get("attention_head_dim") or int(spec["hidden_size"]) // int(spec["num_heads"]))
         self._blocks, self._width = int(spec["num_layers"]), int(spec["hidden_size"])
         # Layout: self slots [scratch | committed], memory entries [null | scratch | root | features].
         self._committed0, self._mem_root, self._mem_features = scratch, scratch + 1, scratch + 2

@@ -152,15 +152,17 @@ FEATURES = ("call", "advance", "head", "blocks", "attention", "cross", "concat",
 def draft_features(spec: dict, call: str, new: int, past: int, target_hidden: int, target_vocab: int) -> np.ndarray:
     """Cost features of one draft call, in millions of multiply-adds (plus per-call constants).
 
-    n = new tokens, P = past slots, w = draft width, kv = K/V width (kv heads x head dim), f = FFN width:
-    blocks n L (2 w^2 + 2 w kv + 3 w f); attention n L (P + n) w; head n V_d H_t; cross-attention
-    n (2 w^2 + P w); concat n (H_t + w) w; projections in/out n H_t w when w != H_t; memory (advance:
+    n = new tokens, P = past slots, w = draft width, a = attention width (heads x head dim; w unless
+    a DREAM-S sub-network keeps fewer heads), kv = K/V width (kv heads x head dim), f = FFN width:
+    blocks n L (2 w a + 2 w kv + 3 w f); attention n L (P + n) a; head n V_d H_t; cross-attention
+    n (2 w a + P a); concat n (H_t + w) w; projections in/out n H_t w when w != H_t; memory (advance:
     the target features of the accepted tokens through the memory graph) n F kv.
     """
     n, P = float(new), float(past)
     w, L = float(spec["hidden_size"]), float(spec["num_layers"])
     heads, kv_heads = float(spec["num_heads"]), float(spec.get("num_kv_heads") or 1)
-    kv = kv_heads * w / heads
+    head_dim = float(spec.get("attention_head_dim") or w / heads)
+    a, kv = heads * head_dim, kv_heads * head_dim
     ffn = float(spec.get("ffn_size") or -(-(8 * int(w) // 3) // 32) * 32)
     vocab = float(spec.get("draft_vocab_size") or target_vocab)
     interaction = spec["interaction"]
@@ -169,9 +171,9 @@ def draft_features(spec: dict, call: str, new: int, past: int, target_hidden: in
         1.0,
         1.0 if advance else 0.0,
         n * vocab * target_hidden,
-        n * L * (2 * w * w + 2 * w * kv + 3 * w * ffn),
-        n * L * (P + n) * w,
-        n * (2 * w * w + P * w) if interaction == "cross_attention" else 0.0,
+        n * L * (2 * w * a + 2 * w * kv + 3 * w * ffn),
+        n * L * (P + n) * a,
+        n * (2 * w * a + P * a) if interaction == "cross_attention" else 0.0,
         n * (target_hidden + w) * w if interaction == "concat" else 0.0,
         n * target_hidden * w * ((w != target_hidden) + (interaction != "concat" and w != target_hidden)),
         n * target_hidden * (2 * kv if interaction == "cross_attention" else w) if advance and interaction != "none" else 0.0,

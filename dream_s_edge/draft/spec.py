@@ -91,6 +91,10 @@ class DraftSpec:
     draft_vocab_size: int | None = None
     # Decoder block whose output is the early feature (intermediate distillation).
     early_feature_block: int = 0
+    # Per-head width D of self- and cross-attention (0 = hidden_size // num_heads). Set explicitly
+    # by DREAM-S sub-networks, which keep fewer heads of the same width (attention width H * D
+    # below hidden_size).
+    attention_head_dim: int = 0
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
 
@@ -109,7 +113,7 @@ class DraftSpec:
     @property
     def head_dim(self) -> int:
         """D, per-head width of self- and cross-attention."""
-        return self.hidden_size // self.num_heads
+        return self.attention_head_dim or self.hidden_size // self.num_heads
 
     @property
     def feature_dim(self) -> int:
@@ -145,7 +149,9 @@ class DraftSpec:
                 raise DraftSpecError(f"DraftSpec.{name} must be at least 1.", f"got {getattr(self, name)}")
 
     def _validate_heads(self) -> None:
-        if self.hidden_size % self.num_heads:
+        if self.attention_head_dim < 0:
+            raise DraftSpecError("DraftSpec.attention_head_dim must be >= 0.", f"got {self.attention_head_dim}")
+        if not self.attention_head_dim and self.hidden_size % self.num_heads:
             raise DraftSpecError(
                 "DraftSpec.num_heads does not divide hidden_size.",
                 f"hidden_size={self.hidden_size}, num_heads={self.num_heads}",
@@ -196,6 +202,8 @@ class DraftSpec:
         """Returns a JSON-ready dict (tuples become lists)."""
         out = dataclasses.asdict(self)
         out["feature_layers"] = list(self.feature_layers)
+        if not self.attention_head_dim:  # the default: older readers never see the field
+            del out["attention_head_dim"]
         return out
 
     @classmethod
