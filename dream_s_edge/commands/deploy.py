@@ -1,0 +1,156 @@
+"""`dream-s-edge` export, ask, build-engines and camera: artifacts on disk and the torch-free runtime.
+
+Every heavy import sits inside a function, so building the parser stays torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dream_s_edge.commands.common import quiet_transformers, write_piece
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds this group's subcommands."""
+    _add_export(sub)
+    _add_ask(sub)
+    _add_build_engines(sub)
+    _add_camera(sub)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export the target (and a draft) to ONNX + manifest for the torch-free runtime"
+    )
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument(
+        "--model", default="default", help="'default' (embedded SmolLM2 VLM) or a local SmolVLM folder"
+    )
+    p.add_argument("--draft", default=None, help="draft folder, or 'untrained'; omit for the target only")
+    p.add_argument("--max-context", type=int, default=1024, help="KV cache size in tokens (prompt + answer)")
+    p.add_argument("--tree", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--top-k", type=int, default=4, help="tree branching")
+    p.add_argument("--depth", type=int, default=5, help="tree depth")
+    p.add_argument(
+        "--node-budget", type=int, default=16, help="tree nodes verified per target pass, root included"
+    )
+    p.add_argument("--no-parity", action="store_true", help="skip the Polygraphy parity checks")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    quiet_transformers(args.verbose)
+    from pathlib import Path
+
+    from dream_s_edge.generation import TreeOptions
+    from export.pipeline import ExportConfig, export_artifacts
+
+    tree = TreeOptions(
+        kind=args.tree, top_k=args.top_k, depth=args.depth, node_budget=args.node_budget
+    ).spec()
+    config = ExportConfig(
+        out=Path(args.out),
+        model=args.model,
+        draft=args.draft,
+        max_context=args.max_context,
+        tree=tree,
+        parity=not args.no_parity,
+    )
+    print(export_artifacts(config))
+    return 0
+
+
+def _add_ask(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="answer a question with exported artifacts on onnxruntime (no torch)")
+    p.add_argument("question", help="the question to ask")
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export`")
+    p.add_argument("--image", help="image file (omit for a text-only question)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument(
+        "--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu", help="onnxruntime provider"
+    )
+    p.add_argument("--autoregressive", action="store_true", help="decode without the draft")
+    p.set_defaults(func=_run_ask)
+
+
+def _run_ask(args: argparse.Namespace) -> int:
+    from runtime.session import Session
+
+    session = Session.from_dir(args.artifacts, provider=args.provider, speculative=not args.autoregressive)
+    for piece in session.ask(args.image, args.question, stream=True, max_new_tokens=args.max_new_tokens):
+        write_piece(piece)
+    sys.stdout.write("\n")
+    m = session.last_result.metrics
+    sys.stderr.write(
+        f"[{len(session.last_result.tokens)} tokens, tau {m.tau:.2f}, {m.tokens_per_s:.1f} tokens/s]\n"
+    )
+    return 0
+
+
+def _add_build_engines(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-engines", help="build TensorRT engines from an exported folder (on the device)")
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export`")
+    p.add_argument("--precision", choices=["fp16", "int8", "int4-weight-only"], default="fp16")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace on the device")
+    p.add_argument("--host-mb", type=int, default=4096, help="host memory for tactics (TACTIC_DRAM)")
+    p.add_argument("--timing-cache", default=None, help="timing cache file (default: shared per TRT + GPU)")
+    p.set_defaults(func=_run_build_engines)
+
+
+def _run_build_engines(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from export.trt_build import EngineBuildConfig, build_engines
+
+    config = EngineBuildConfig(artifacts=Path(args.artifacts), precision=args.precision,
+                               workspace_mb=args.workspace_mb, host_mb=args.host_mb,
+                               timing_cache=Path(args.timing_cache) if args.timing_cache else None)
+    print(build_engines(config))
+    return 0
+
+
+def _add_camera(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "camera", help="answer questions about a live camera on a local web page (exported artifacts, no torch)"
+    )
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export`")
+    p.add_argument(
+        "--source", required=True, help="camera index (0), video file, image folder or stream URL"
+    )
+    p.add_argument("--port", type=int, default=8765, help="web page port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument(
+        "--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu", help="onnxruntime provider"
+    )
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: onnxruntime's default)")
+    p.add_argument("--autoregressive", action="store_true", help="decode without the draft")
+    p.add_argument("--repeat", help='a question asked every --every seconds, e.g. "Is anyone at the door?"')
+    p.add_argument("--every", type=float, default=30.0, help="period of --repeat, seconds")
+    p.add_argument("--log", help="JSON-lines file every answer is appended to")
+    p.set_defaults(func=_run_camera)
+
+
+def _run_camera(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime.camera.app import CameraApp
+    from runtime.camera.config import CameraConfig
+
+    config = CameraConfig(
+        artifacts=Path(args.artifacts),
+        source=args.source,
+        port=args.port,
+        provider=args.provider,
+        threads=args.threads or None,
+        speculative=not args.autoregressive,
+        max_new_tokens=args.max_new_tokens,
+        repeat_question=args.repeat,
+        repeat_every_s=args.every,
+        answer_log=Path(args.log) if args.log else None,
+    )
+    app = CameraApp.from_config(config)
+    where = f"http://127.0.0.1:{config.port}/" if config.port else "a free port of 127.0.0.1"
+    print(f"camera page: {where}  (Ctrl-C to stop)", file=sys.stderr)
+    app.serve()
+    return 0

@@ -1,0 +1,197 @@
+"""`dream-s-edge` distill-data, train and bench: distilling DREAM drafts and measuring them.
+
+Every heavy import sits inside a function, so building the parser stays torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dream_s_edge.commands.common import quiet_transformers, set_threads
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds this group's subcommands."""
+    _add_distill_data(sub)
+    _add_train(sub)
+    _add_bench(sub)
+
+
+def _add_distill_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill-data", help="self-distillation data: the target's answers and features, sharded"
+    )
+    p.add_argument("--out", required=True, help="data folder (an existing one is resumed)")
+    p.add_argument(
+        "--model", default="default", help="'default' (embedded target) or a local HF model folder"
+    )
+    p.add_argument("--num-scene", type=int, default=96, help="procedural scene prompts")
+    p.add_argument("--num-photo", type=int, default=32, help="real photograph prompts")
+    p.add_argument("--num-text", type=int, default=96, help="text-only instruction prompts")
+    p.add_argument("--samples-per-prompt", type=int, default=0, help="sampled answers besides the greedy one")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=16, help="sequences per shard file")
+    p.add_argument("--max-mb", type=int, default=1024, help="cap on the data size on disk, MB")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=_run_distill_data)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="distil a DREAM draft (one process, or several under torchrun)")
+    p.add_argument("--data", required=True, help="folder written by distill-data")
+    p.add_argument(
+        "--out", required=True, help="run folder: checkpoint, train_log.jsonl, draft/ (resumed if present)"
+    )
+    p.add_argument("--model", default="default", help="the target the data was built from")
+    p.add_argument(
+        "--preset", default="dream-default", help="draft preset (dream-default, dream-small, eagle, eagle3)"
+    )
+    p.add_argument(
+        "--visual-keep-ratio", type=float, default=None, help="override the preset's VTC keep ratio"
+    )
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--grad-accum", type=int, default=1, help="sequences per step and process")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--feat-weight", type=float, default=0.2)
+    p.add_argument("--intermed-weight", type=float, default=0.2)
+    p.add_argument("--ttt-steps", type=int, default=0, help="training-time test: unrolled steps (EAGLE-3)")
+    p.add_argument(
+        "--feature-noise", type=float, default=0.0, help="uniform noise amplitude on input features"
+    )
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument(
+        "--val-every", type=int, default=0, help="validation tau period in steps (0: at the end only)"
+    )
+    p.add_argument("--val-initial", action="store_true", help="also measure tau before training")
+    p.add_argument("--val-prompts", type=int, default=4)
+    p.add_argument("--val-max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=_run_train)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="tau, tokens/s and speedup of speculative vs autoregressive decoding, "
+                                     "with HF generate as the reference")
+    p.add_argument("--backend", default="torch",
+                   help="torch, ort-cpu, ort-cuda or trt (the last three run an exported --artifacts folder)")
+    p.add_argument("--prompts", required=True, help='JSON lines: {"image": path or null, "question": str}')
+    p.add_argument(
+        "--json", required=True, dest="json_out", help="report path (a .png plot is written beside it)"
+    )
+    p.add_argument("--artifacts", default=None, help="ort-*/trt: folder written by `dream-s-edge export`")
+    p.add_argument("--precision", default=None, help="trt: which engines (default: the only one built)")
+    p.add_argument("--model", default=None,
+                   help="PyTorch model: 'default' or a local HF folder (default: the embedded target, or the "
+                        "folder the artifacts were exported from); HF generate is timed on it")
+    p.add_argument("--no-hf", dest="hf", action="store_false", help="skip timing HF transformers' generate")
+    p.add_argument("--draft", default="untrained", help="torch: draft folder, 'untrained' or 'oracle'")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-context", type=int, default=1024, help="torch only (artifacts fix their own)")
+    p.add_argument("--tree", choices=["dynamic", "static"], default=None,
+                   help="default: dynamic (torch) or the artifacts' tree")
+    p.add_argument("--top-k", type=int, default=None, help="default: 4 (torch) or the artifacts' tree")
+    p.add_argument("--depth", type=int, default=None, help="default: 5 (torch) or the artifacts' tree")
+    p.add_argument("--node-budget", type=int, default=None, help="default: 16 (torch) or the artifacts' tree")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch and onnxruntime (0: their defaults)")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_distill_data(args: argparse.Namespace) -> int:
+    quiet_transformers(args.verbose)
+    set_threads(args.threads)
+    from dream_s_edge.distill import DistillDataConfig, build_distill_data, read_manifest
+
+    config = DistillDataConfig(
+        out_dir=args.out,
+        model=args.model,
+        num_scene=args.num_scene,
+        num_photo=args.num_photo,
+        num_text=args.num_text,
+        samples_per_prompt=args.samples_per_prompt,
+        max_new_tokens=args.max_new_tokens,
+        shard_size=args.shard_size,
+        max_bytes=args.max_mb << 20,
+        seed=args.seed,
+    )
+    folder = build_distill_data(config)
+    manifest = read_manifest(folder)
+    choice = manifest.get("layer_selection", {})
+    print(
+        f"{folder}: {manifest['sequences']} sequences, {manifest['bytes'] / 1e6:.1f} MB on disk; "
+        f"entropy-selected layer {choice.get('layer')} of band {choice.get('band')}"
+    )
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    quiet_transformers(args.verbose)
+    set_threads(args.threads)
+    from dream_s_edge.distill import TrainConfig, train_draft
+
+    config = TrainConfig(
+        data_dir=args.data,
+        out_dir=args.out,
+        model=args.model,
+        preset=args.preset,
+        visual_keep_ratio=args.visual_keep_ratio,
+        steps=args.steps,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        warmup=args.warmup,
+        kl_weight=args.kl_weight,
+        feat_weight=args.feat_weight,
+        intermed_weight=args.intermed_weight,
+        ttt_steps=args.ttt_steps,
+        feature_noise=args.feature_noise,
+        save_every=args.save_every,
+        val_every=args.val_every,
+        val_initial=args.val_initial,
+        val_prompts=args.val_prompts,
+        val_max_new_tokens=args.val_max_new_tokens,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(train_draft(config))
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    quiet_transformers(args.verbose)
+    if args.backend == "torch" or args.hf:
+        set_threads(args.threads)
+    from dream_s_edge.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        prompts=args.prompts,
+        json_out=args.json_out,
+        backend=args.backend,
+        model=args.model,
+        draft=args.draft,
+        artifacts=args.artifacts,
+        precision=args.precision,
+        max_new_tokens=args.max_new_tokens,
+        max_context=args.max_context,
+        tree_kind=args.tree,
+        top_k=args.top_k,
+        depth=args.depth,
+        node_budget=args.node_budget,
+        limit=args.limit,
+        hf=args.hf,
+        threads=args.threads,
+    )
+    report = run_bench(config)
+    hf = report["hf_generate"]
+    versus = f", HF generate {hf['tokens_per_s']:.1f} tok/s (AR/HF {report['ar_vs_hf']:.2f}x)" if hf else ""
+    print(
+        f"tau {report['tau']['mean']:.2f}, AR {report['tokens_per_s']['autoregressive']:.1f} tok/s, "
+        f"speculative {report['tokens_per_s']['speculative']:.1f} tok/s, speedup {report['speedup']:.2f}x"
+        f"{versus}, greedy identical: {report['greedy_identical']} -> {args.json_out}"
+    )
+    return 0

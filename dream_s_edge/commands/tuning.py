@@ -1,0 +1,135 @@
+"""`dream-s-edge` profile, tune and search: latency tables, the tree tuner and the DREAM-S search.
+
+Every heavy import sits inside a function, so building the parser stays torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dream_s_edge.commands.common import quiet_transformers
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds this group's subcommands."""
+    _add_profile(sub)
+    _add_tune(sub)
+    _add_search(sub)
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure a backend's stage latencies into a latency table")
+    p.add_argument("--backend", choices=["ort-cpu", "ort-cuda", "trt"], default="ort-cpu")
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export --draft ...`")
+    p.add_argument("--out", required=True, help="latency table JSON (merged into when it exists; plot beside it)")
+    p.add_argument("--precision", default=None, help="trt: which engines (default: the only ones built)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--variants", default="", help="comma-separated draft variants (default: all)")
+    p.add_argument("--check", type=int, default=0, help="also check predictions on N random DraftSpecs")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time, for a CPU shared with other work (use with --threads 1)")
+    p.set_defaults(func=_run_profile)
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    quiet_transformers(args.verbose)
+    from pathlib import Path
+
+    from dream_s_edge.profiling import ProfileConfig, run_profile
+    from search.latency import format_check
+
+    config = ProfileConfig(artifacts=Path(args.artifacts), out=Path(args.out), backend=args.backend,
+                           precision=args.precision, threads=args.threads, repeats=args.repeats,
+                           variants=tuple(v for v in args.variants.split(",") if v), check=args.check,
+                           clock=args.clock)
+    summary = run_profile(config)
+    print(f"{summary['table']} (plot {summary['plot']}); export {summary['export_s']} s, "
+          f"measure {summary['measure_s']} s, total {summary['total_s']} s")
+    print("per-block costs (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["blocks"].items()))
+    if "check" in summary:
+        print(format_check(summary["check"]))
+    return 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="choose the tree's node budget and depth from a latency table")
+    p.add_argument("--table", required=True, help="latency table written by `dream-s-edge profile`")
+    p.add_argument("--artifacts", required=True, help="the exported folder (its draft and limits)")
+    p.add_argument("--accept", default=None, help="bench JSON with measured acceptance (default: a curve)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--past", type=int, default=256, help="context length the steps are costed at")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dream_s_edge.profiling import TuneConfig, run_tune
+
+    result, alpha = run_tune(TuneConfig(table=Path(args.table), artifacts=Path(args.artifacts),
+                                        accept=Path(args.accept) if args.accept else None, device=args.device,
+                                        backend=args.backend, precision=args.precision, past=args.past))
+    print(f"acceptance alpha {alpha:.3f}; {result.message}")
+    if result.tree is not None:
+        t = result.tree
+        print(f"use: --tree dynamic --top-k {t.top_k} --depth {t.depth} --node-budget {t.node_budget}")
+    return 0
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="choose a sub-network of a DREAM-S supernet and a tree for a device")
+    p.add_argument("--table", required=True, help="latency table written by `dream-s-edge profile`")
+    p.add_argument("--supernet", required=True, help="supernet folder (search.supernet.save_supernet)")
+    p.add_argument("--out", required=True, help="folder for search.json, candidates.json and draft/")
+    p.add_argument("--model", default="default", help="'default' (embedded SmolLM2 VLM) or a local HF model folder")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--prompts", type=int, default=8, help="calibration prompts the τ estimate replays")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per calibration prompt")
+    p.add_argument("--max-context", type=int, default=1024)
+    p.add_argument("--layers", default="1,2", help="decoder block counts to search")
+    p.add_argument("--head-ratios", default="0.25,0.5,0.75,1.0", help="attention head keep ratios")
+    p.add_argument("--ffn-ratios", default="0.5,1.0", help="FFN width fractions")
+    p.add_argument("--injection-layers", type=int, default=5, help="the target's last N layers as candidates")
+    p.add_argument("--keep-ratios", default="1.0", help="visual-token keep ratios")
+    p.add_argument("--vocab-sizes", default="full", help="draft vocabulary sizes ('full' = the target's)")
+    p.add_argument("--top-k", default="4", help="tree top-k values")
+    p.add_argument("--depths", default="3,4,6", help="tree depths")
+    p.add_argument("--node-budgets", default="8,16,32", help="tree node budgets")
+    p.add_argument("--past", type=int, default=256, help="context length the steps are costed at")
+    p.add_argument("--max-params", type=int, default=None, help="largest draft (trainable parameters)")
+    p.add_argument("--max-step-ms", type=float, default=None, help="slowest predicted speculative step")
+    p.set_defaults(func=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.run import SearchConfig, run_search
+
+    quiet_transformers(args.verbose)
+
+    def numbers(text: str, kind):
+        return tuple(None if v == "full" else kind(v) for v in text.split(",") if v)
+
+    config = SearchConfig(
+        table=Path(args.table), supernet=Path(args.supernet), out=Path(args.out), model=args.model,
+        device=args.device, backend=args.backend, precision=args.precision, prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens, max_context=args.max_context, num_layers=numbers(args.layers, int),
+        head_ratios=numbers(args.head_ratios, float), ffn_ratios=numbers(args.ffn_ratios, float),
+        injection_layers=args.injection_layers, visual_keep_ratios=numbers(args.keep_ratios, float),
+        draft_vocab_sizes=numbers(args.vocab_sizes, int), top_ks=numbers(args.top_k, int),
+        depths=numbers(args.depths, int), node_budgets=numbers(args.node_budgets, int), past=args.past,
+        max_params=args.max_params, max_step_ms=args.max_step_ms)
+    result = run_search(config)
+    t = result.tree
+    print(f"chosen: {result.choice}")
+    print(f"tree: --tree dynamic --top-k {t.top_k} --depth {t.depth} --node-budget {t.node_budget}")
+    print(f"predicted: tau {result.tau:.2f}, step {result.step_ms:.1f} ms vs autoregressive {result.ar_ms:.1f} ms "
+          f"-> {result.predicted_speedup:.2f}x; {result.params} draft parameters")
+    print(f"wrote {config.out / 'search.json'} and the draft folder {config.out / 'draft'}")
+    return 0
