@@ -25,6 +25,7 @@ import logging
 
 import numpy as np
 
+from runtime.embedding import image_slots, lookup, splice_images
 from runtime.errors import CapacityError, PromptError
 from runtime.manifest import Manifest
 from runtime.ort_backend import DeviceBuffer, OrtGraph, SlotKV
@@ -131,27 +132,20 @@ class OrtTargetRunner:
 
     # ---- internals ----------------------------------------------------------------------
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
-        """Token embeddings [T, H] float32; ids outside the table map to row 0 (as the adapter does)."""
-        safe = np.where(ids < self.embeddings.shape[0], ids, 0)
-        return np.asarray(self.embeddings[safe], dtype=np.float32)
+        """Token embeddings [T, H] float32 from the exported table."""
+        return lookup(self.embeddings, ids)
 
     def _embed(self, ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
         """Token embeddings with the image embeddings spliced in at the image tokens: [T, H]."""
         embeds = self._lookup(ids)
-        slots = np.flatnonzero(ids == self.image_token_id) if self.image_token_id is not None else np.zeros(0, int)
+        slots = image_slots(ids, self.image_token_id)
         if pixel_values is None:
             if slots.size:
                 raise PromptError("The prompt has image tokens but no image.", note=f"{slots.size} image tokens")
             return embeds
         if self.vision is None:
             raise PromptError("These artifacts have no vision graph.", hint="ask without an image")
-        image = self.vision.run({self._pixels: np.asarray(pixel_values, dtype=np.float32)})[0]
-        image = image.reshape(-1, embeds.shape[1])  # [I * N_img, H]
-        if image.shape[0] != slots.size:
-            raise PromptError("The prompt's image tokens do not match the image embeddings.",
-                              note=f"{slots.size} image tokens, {image.shape[0]} embeddings")
-        embeds[slots] = image
-        return embeds
+        return splice_images(embeds, slots, self.vision.run({self._pixels: np.asarray(pixel_values, dtype=np.float32)})[0])
 
     def _step(self, embeds: np.ndarray, positions: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One decoder pass over T tokens at slots length .. length + T - 1: (logits [R, V] of the last

@@ -28,6 +28,7 @@ import logging
 import numpy as np
 
 from runtime.cuda_memory import D2D, CudaApi, DeviceArray, DeviceKV
+from runtime.embedding import image_slots, lookup, splice_images
 from runtime.errors import CapacityError, EngineError, PromptError
 from runtime.manifest import Manifest
 from runtime.ort_draft import OrtDraftRunner
@@ -275,24 +276,20 @@ class TrtTargetRunner:
 
     # ---- internals --------------------------------------------------------------------------
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
-        safe = np.where(ids < self.embeddings.shape[0], ids, 0)
-        return np.asarray(self.embeddings[safe], dtype=np.float32)
+        """Token embeddings [T, H] float32 from the exported table."""
+        return lookup(self.embeddings, ids)
 
     def _embed(self, ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
+        """Token embeddings with the image embeddings spliced in at the image tokens: [T, H]."""
         embeds = self._lookup(ids)
-        slots = np.flatnonzero(ids == self.image_token_id) if self.image_token_id is not None else np.zeros(0, int)
+        slots = image_slots(ids, self.image_token_id)
         if pixel_values is None:
             if slots.size:
                 raise PromptError("The prompt has image tokens but no image.", note=f"{slots.size} image tokens")
             return embeds
         if self.vision is None:
             raise PromptError("These engines have no vision graph.", hint="ask without an image")
-        image = self.encode_images(np.asarray(pixel_values, dtype=np.float32)).reshape(-1, embeds.shape[1])
-        if image.shape[0] != slots.size:
-            raise PromptError("The prompt's image tokens do not match the image embeddings.",
-                              note=f"{slots.size} image tokens, {image.shape[0]} embeddings")
-        embeds[slots] = image
-        return embeds
+        return splice_images(embeds, slots, self.encode_images(np.asarray(pixel_values, dtype=np.float32)))
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """pixel_values [I, 3, s, s] -> image embeds [I, tokens, H] through the vision engine."""
