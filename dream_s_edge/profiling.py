@@ -6,6 +6,10 @@ Data flow of `profile`::
     DIR (exported with a draft) --export/draft_variants--> DIR/variants/<choice>/ (random weights)
       --search/profile.profile_entry (Backend runners)--> table entry --save_table (merged)--> TABLE.json
       --plot_verify--> TABLE.png;  --check N--> N random DraftSpecs: measured vs predicted step
+    (trt: after the timing, per-layer means of each stage from TensorRT's IProfiler -> stages.layers)
+
+`tune --measure` (`dream_s_edge/bench/tuned.py`) decodes real prompts with the tuned setting and
+the default tree side by side and reports the measured speedups.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ProfileConfig:
     check: int = 0  # also check the model on this many random DraftSpecs
     clock: str = "wall"  # "wall", or "cpu" (process CPU time: a CPU shared with other work, --threads 1)
     seed: int = 0
+    layer_runs: int = 5  # trt: profiled runs per stage for per-layer times (0: skip the layer profile)
 
 
 def _backend(config: ProfileConfig):
@@ -73,12 +78,14 @@ def run_profile(config: ProfileConfig) -> dict:
     backend = _backend(config)
     variants = _variant_manifests(base, config.variants)
     exported = time.perf_counter() - start
-    entry = profile_entry(base, backend, variants, ProfileGrid(repeats=config.repeats, draft_repeats=3 * config.repeats,
-                                                                clock=config.clock), config.seed)
+    grid = ProfileGrid(repeats=config.repeats, draft_repeats=3 * config.repeats, clock=config.clock,
+                       layer_runs=config.layer_runs)
+    entry = profile_entry(base, backend, variants, grid, config.seed)
     save_table(new_table([entry]), config.out)
     plot = plot_verify(entry, Path(config.out).with_suffix(".png"))
     summary = {"table": str(config.out), "plot": plot, "export_s": round(exported, 1),
-               "measure_s": entry["meta"]["seconds"], "blocks": entry["stages"]["blocks"]}
+               "measure_s": entry["meta"]["seconds"], "blocks": entry["stages"]["blocks"],
+               "layers": entry["stages"].get("layers", {})}
     if config.check:
         summary["check"] = check_model(base, backend, LatencyModel(entry), config)
     summary["total_s"] = round(time.perf_counter() - start, 1)
@@ -131,14 +138,20 @@ def accept_from_report(path: Path) -> tuple[list[int], TreeSpec]:
     return counts, TreeSpec.dynamic(int(fields.get("top_k", 4)), len(counts) - 1, int(fields.get("node_budget", 16)))
 
 
-def run_tune(config: TuneConfig):
-    """Chooses node budget and depth for the folder's draft on the table's device; returns a TuneResult."""
-    from runtime.manifest import Manifest
-    from search.latency import DEFAULT_ALPHA, LatencyModel, fit_alpha, tune
+def tune_entry(config: TuneConfig) -> dict:
+    """The latency table entry `tune` reads (the only one, or the one the key fields name)."""
     from search.latency_table import load_table, select_entry
 
-    entry = select_entry(load_table(config.table), device=config.device, backend=config.backend,
-                         precision=config.precision)
+    return select_entry(load_table(config.table), device=config.device, backend=config.backend,
+                        precision=config.precision)
+
+
+def run_tune(config: TuneConfig):
+    """Chooses node budget and depth for the folder's draft on the table's device; returns (TuneResult, alpha)."""
+    from runtime.manifest import Manifest
+    from search.latency import DEFAULT_ALPHA, LatencyModel, fit_alpha, tune
+
+    entry = tune_entry(config)
     manifest = Manifest.load(config.artifacts, verify_checksums=False)
     draft = manifest["draft"]
     alpha = DEFAULT_ALPHA

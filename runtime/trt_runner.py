@@ -152,20 +152,43 @@ class TrtGraph:
             if exec_:
                 self.api.graph_destroy(exec_)
 
-    def attach_profiler(self):
-        """Per-layer times of every later run, from TensorRT's IProfiler: returns {layer: [ms, ...]}."""
+    def attach_profiler(self) -> dict[str, list[float]]:
+        """Per-layer times of every later run, from TensorRT's IProfiler: returns {layer: [ms, ...]}.
+
+        With `enqueue_emits_profile` (TensorRT's default) each `execute_async_v3` reports every
+        layer (named as in the ONNX graph: engines are built with DETAILED profiling verbosity)
+        before it returns. The dict fills as runs go. Profiled runs are slower: time nothing
+        while a profiler is attached, and `detach_profiler` afterwards.
+
+        Raises:
+            EngineError: the graph replays CUDA graphs (replays report nothing without
+                `report_to_profiler`, and capture with a profiler attached is not supported).
+        """
+        if self.cuda_graphs:
+            raise EngineError(f"Per-layer profiling of the {self.name} engine needs cuda_graphs=False.",
+                              hint="build the runners without CUDA graphs to profile layers")
         rt = trt()
         times: dict[str, list[float]] = {}
 
         class LayerTimes(rt.IProfiler):
+            def __init__(self):
+                rt.IProfiler.__init__(self)  # pybind11 trampoline: the base must be initialised explicitly
+
             def report_layer_time(self, layer_name, ms):
-                times.setdefault(layer_name, []).append(float(ms))
+                times.setdefault(str(layer_name), []).append(float(ms))
 
         profiler = LayerTimes()
         for context in self.contexts:
+            context.enqueue_emits_profile = True
             context.profiler = profiler
-        self._profiler = profiler  # keep alive
+        self._profiler = profiler  # the contexts hold a raw pointer: keep the object alive
         return times
+
+    def detach_profiler(self) -> None:
+        """Stops per-layer reporting (runs are full speed again)."""
+        for context in self.contexts:
+            context.profiler = None
+        self._profiler = None
 
 
 def _load_graphs(manifest: Manifest, precision, names, api, stream, cuda_graphs) -> dict[str, TrtGraph]:

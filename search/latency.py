@@ -221,10 +221,14 @@ def expected_tau(tree: TreeSpec, alpha: float = DEFAULT_ALPHA) -> float:
     right with the top-1 rate), and a path survives depth d with the product of the levels:
 
         τ = 1 + sum_{d=1..D} a_b^d,    a_b = 1 - (1 - alpha) ** b
+
+    D is at most N - 1: N nodes reach no deeper than a chain of N - 1 (a dynamic tree deeper than
+    its budget drafts levels it cannot keep).
     """
-    per_level = max((tree.node_budget - 1) / tree.depth, 1.0)
+    depth = min(tree.depth, tree.node_budget - 1)
+    per_level = max((tree.node_budget - 1) / depth, 1.0)
     a = 1.0 - (1.0 - alpha) ** per_level
-    return 1.0 + sum(a ** d for d in range(1, tree.depth + 1))
+    return 1.0 + sum(a ** d for d in range(1, depth + 1))
 
 
 def fit_alpha(accept_counts: list[int], tree: TreeSpec) -> float:
@@ -262,8 +266,8 @@ def tune(model: LatencyModel, spec, top_k: int, max_nodes: int, max_depth: int, 
     candidates = []
     for depth in range(1, max_depth + 1):
         for nodes in range(2, max_nodes + 1):
-            if nodes - 1 > top_k * depth or (depth - 1) * top_k > max_scratch:
-                continue
+            if nodes - 1 > top_k * depth or depth > nodes - 1 or (depth - 1) * top_k > max_scratch:
+                continue  # nodes it cannot place, levels it cannot keep, or scratch it does not have
             tree = TreeSpec.dynamic(top_k=top_k, depth=depth, node_budget=nodes)
             tau = expected_tau(tree, alpha)
             step = model.step_ms(spec, tree, past, accepted=max(1, round(tau)))["total"]

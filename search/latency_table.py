@@ -5,16 +5,16 @@ device and writes a table; tables from several devices merge into one file (`mer
 `search/latency.py` predicts step latencies from it and `dream-s-edge tune` reads it. Search only
 reads tables; nothing times itself at model load.
 
-Format (`format_version` 1)::
+Format (`format_version` 2)::
 
-    {"format": "dream-s-edge-latency-table", "format_version": 1,
+    {"format": "dream-s-edge-latency-table", "format_version": 2,
      "entries": [ENTRY, ...]}                       one entry per (device, backend, version, precision, model)
 
     ENTRY = {
       "key": {"device": "cpu: AMD EPYC 7B13 x2", "backend": "ort-cpu", "backend_version": "1.32.0",
               "precision": "fp32", "model": "smolvlm L30 H576 V49155"},
       "meta": {"created": ISO time, "repeats": 5, "threads": 2, "max_context": 1024, "node_budget": 16,
-               "seconds": 312.0},
+               "layer_runs": 5, "seconds": 312.0},
       "stages": {                                     every time is a median in milliseconds
         "vision":  [{"images": 1, "ms": ..}],
         "prefill": [{"tokens": 128, "ms": ..}, ...],
@@ -25,11 +25,25 @@ Format (`format_version` 1)::
                                                                         "round": advance + the whole tree, with "tree")
         "tree_host": [{"depth": 5, "top_k": 4, "nodes": 16, "ms": ..}],  host work of one tree build
         "blocks":  {"decoder_block@576": ms, ...}                        per-block costs (repeat - baseline)
-        "layers":  {"decoder": {layer: ms}, ...}                         TensorRT IProfiler (trt only)
+        "layers":  {STAGE: LAYERS, ...}                                  optional: trt only (see below)
       }}
+
+    LAYERS = {"shape": {"nodes": 16, "past": 256}, "runs": 5, "total_ms": 3.1,
+              "graphs": {"decoder": {"/model/layers.0/self_attn/q_proj/MatMul": 0.04, ...}}}
+
+`stages.layers` (optional; written by `profile --backend trt`, `search/layer_profile.py`) holds, per
+profiled stage (STAGE: "vision", "prefill", "verify", "draft_advance", "draft_tree_step"), the mean
+milliseconds of every engine layer over `runs` calls with TensorRT's IProfiler attached, per graph,
+in execution order, at one `shape`; `total_ms` sums them (engine time only: no host work or copies).
+Profiled calls are slower than plain ones, so these rows explain where a stage's time goes; the
+search reads the stage rows above, never these.
 
 `variant` names the draft export a row was measured on; `spec` holds the DraftSpec fields that
 vary (num_layers, hidden_size, num_heads, interaction, draft_vocab_size, visual_keep_ratio).
+
+Versions: 2 adds the optional `stages.layers` above (version 1 documented a per-graph "layers"
+that nothing wrote). Version 1 tables load unchanged and merge with version 2 ones; a merged or
+re-saved table is written as version 2.
 """
 
 from __future__ import annotations
@@ -40,7 +54,8 @@ from pathlib import Path
 from runtime.errors import UserInputError
 
 FORMAT = "dream-s-edge-latency-table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # every version 1 table is a valid version 2 table (layers is optional)
 KEY_FIELDS = ("device", "backend", "backend_version", "precision", "model")
 STAGES = {  # stage -> fields every row must have
     "vision": ("images", "ms"),
@@ -71,9 +86,9 @@ def validate(table: dict) -> dict:
     """
     if not isinstance(table, dict) or table.get("format") != FORMAT:
         raise LatencyTableError("Not a dream-s-edge latency table (field 'format').")
-    if table.get("format_version") != FORMAT_VERSION:
+    if table.get("format_version") not in READABLE_VERSIONS:
         raise LatencyTableError("Unsupported latency table format_version.",
-                                note=f"{table.get('format_version')!r}, this version reads {FORMAT_VERSION}",
+                                note=f"{table.get('format_version')!r}, this version reads {READABLE_VERSIONS}",
                                 hint="re-run dream-s-edge profile")
     if not isinstance(table.get("entries"), list):
         raise LatencyTableError("The latency table misses the list 'entries'.")
@@ -89,9 +104,11 @@ def _validate_entry(entry: dict, where: str) -> None:
     for field in KEY_FIELDS:
         if not isinstance(entry["key"].get(field), str):
             raise LatencyTableError(f"The latency table misses '{where}.key.{field}' (a string).")
+    if "layers" in entry["stages"]:
+        _validate_layers(entry["stages"]["layers"], f"{where}.stages.layers")
     for stage, rows in entry["stages"].items():
         if stage not in STAGES:
-            continue  # blocks, layers and later additions are free-form
+            continue  # blocks, layers (checked above) and later additions
         if not isinstance(rows, list):
             raise LatencyTableError(f"'{where}.stages.{stage}' must be a list of rows.")
         for j, row in enumerate(rows):
@@ -100,6 +117,25 @@ def _validate_entry(entry: dict, where: str) -> None:
                     raise LatencyTableError(f"The latency table misses '{where}.stages.{stage}[{j}].{field}'.")
             if not isinstance(row["ms"], (int, float)) or row["ms"] < 0:
                 raise LatencyTableError(f"'{where}.stages.{stage}[{j}].ms' must be a non-negative number.")
+
+
+def _validate_layers(layers: dict, where: str) -> None:
+    """Checks the optional per-layer rows: {stage: {"runs", "graphs": {graph: {layer: ms}}, ...}}."""
+    if not isinstance(layers, dict):
+        raise LatencyTableError(f"'{where}' must be an object of stages.")
+    for stage, row in layers.items():
+        at = f"{where}.{stage}"
+        if not isinstance(row, dict) or not isinstance(row.get("graphs"), dict):
+            raise LatencyTableError(f"The latency table misses '{at}.graphs' (an object of graphs).")
+        if not isinstance(row.get("runs"), int) or row["runs"] < 1:
+            raise LatencyTableError(f"'{at}.runs' must be a positive integer.")
+        for graph, times in row["graphs"].items():
+            if not isinstance(times, dict):
+                raise LatencyTableError(f"'{at}.graphs.{graph}' must be an object of layer -> ms.")
+            for layer, ms in times.items():
+                if not isinstance(ms, (int, float)) or ms < 0:
+                    raise LatencyTableError(f"'{at}.graphs.{graph}' layer {layer!r} must have non-negative ms.",
+                                            note=f"{ms!r}")
 
 
 def merge_tables(*tables: dict) -> dict:

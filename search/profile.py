@@ -10,6 +10,11 @@ on a CPU shared with other work). Verify and draft calls are interleaved round-r
 a low quantile (`interleaved_ms`); vision and prefill as medians. Shapes are set directly (a runner's committed length is set to the past
 length to time), so no timed call waits for a long prefill first. Per-block costs are differences
 of variants: a draft with one more block minus the baseline.
+
+With the trt backend, once every stage is timed, each stage runs a few more times with TensorRT's
+engine profiler attached (`measure_layers`, `search/layer_profile.py`), and each layer's mean
+milliseconds per stage go to the entry's optional `stages.layers`. Nothing is timed while a
+profiler is attached: profiled runs are slower.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from runtime.runner import Prompt
 from runtime.session import tree_from_manifest
 from runtime.step_timing import measure_steps
 from runtime.tree import build_tree
+from search.layer_profile import LAYER_RUNS, stage_layers
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ class ProfileGrid:
     draft_repeats: int = 15  # draft calls are short and noisy on a shared CPU; they are cheap to repeat
     clock: str = "wall"  # "wall", or "cpu" (process CPU time; with --threads 1 on a shared CPU)
     variants: tuple[str, ...] = field(default=())  # () = all of export/draft_variants.VARIANTS
+    layer_runs: int = LAYER_RUNS  # trt: profiled runs per stage for per-layer times (0: none)
+    layer_past: int = 256  # trt: past length of the per-layer verify and draft profiles (capped by C)
 
 
 @dataclass
@@ -280,30 +288,86 @@ def profile_entry(manifest, backend: Backend, variants: list[tuple[str, object]]
     target = backend.target(manifest)
     stages = measure_target(target, grid, rng, manifest)
     tree = tree_from_manifest(manifest["tree"])
-    rows, jobs = [], []
+    rows, jobs, base_draft = [], [], None
     for name, vmanifest in variants:  # every variant's runner stays open: their calls are interleaved
         draft = backend.draft(vmanifest, target.embeddings)
         found = draft_jobs(draft, name, spec_choice(vmanifest["draft"]["spec"]), grid, tree, rng)
         rows += found[0]
         jobs += found[1]
         if name == "base":
-            times = measure_steps(target, draft, tree, context=256, counts=(tree.node_budget,),
-                                  repeats=grid.repeats, accepted=4, seed=seed)
+            base_draft = draft
+            times = measure_steps(target, draft, tree, context=min(256, target.limits.max_context // 2),
+                                  counts=(tree.node_budget,), repeats=grid.repeats, accepted=4, seed=seed)
             stages["tree_host"] = [{"depth": tree.depth, "top_k": tree.top_k, "nodes": tree.node_budget,
                                     "ms": times.draft["tree_host"].wall_ms}]
     groups = [(row["variant"], row["past"]) for row in rows]  # a variant's calls back to back, as in a round
     measured = interleaved_ms(jobs, grid.draft_repeats, rng, clock=grid.clock, groups=groups)
     stages["draft"] = [{**row, "ms": ms / row.get("runs", 1)} for row, ms in zip(rows, measured, strict=True)]
     stages["blocks"] = block_costs(stages["draft"], tree.top_k)
+    if backend.name == "trt" and grid.layer_runs > 0:  # after all timing: profiled runs are slower
+        stages["layers"] = measure_layers(target, base_draft, tree, grid, rng, manifest)
     limits = manifest["limits"]
     meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "repeats": grid.repeats, "threads": backend.threads,
-            "draft_repeats": grid.draft_repeats, "clock": grid.clock, "statistic": f"quantile {QUANTILE} of interleaved repeats "
-            "(verify, draft); median (vision, prefill)",
+            "draft_repeats": grid.draft_repeats, "clock": grid.clock,
+            "layer_runs": grid.layer_runs if "layers" in stages else 0,
+            "statistic": f"quantile {QUANTILE} of interleaved repeats (verify, draft); median (vision, prefill); "
+                         "layers: mean of TensorRT IProfiler reports",
             "max_context": limits["max_context"], "node_budget": limits["node_budget"],
             "tree": manifest["tree"], "scratch_slots": manifest["draft"]["scratch_slots"],
             "tokens_per_image": manifest["target"].get("tokens_per_image", 0),
             "seconds": round(time.perf_counter() - start, 1)}
     return {"key": backend.key(manifest), "meta": meta, "stages": stages}
+
+
+def measure_layers(target, draft, tree, grid: ProfileGrid, rng: np.random.Generator, manifest) -> dict:
+    """Per-layer TensorRT times of each stage at one shape (`stages.layers`, see `search/layer_profile.py`).
+
+    Stages: vision (one image), prefill (the longest grid length up to 256), verify (the tree's
+    node budget at `grid.layer_past`), and with a draft its advance (`ROUND_ACCEPTED` tokens, with
+    the memory graph) and one tree_step (top_k nodes), both at `grid.layer_past` draft positions.
+
+    Args:
+        target: a `TrtTargetRunner` (its `decoder` and `vision` graphs are profiled).
+        draft: the base `TrtDraftRunner` (`step`, `memory_graph`), or None.
+        tree: the manifest's tree (node budget, top_k).
+    """
+    vocab, C, runs = target.vocab_size, target.limits.max_context, grid.layer_runs
+    nodes = min(tree.node_budget, target.limits.node_budget)
+    past = max(min(grid.layer_past, C - nodes), 0)
+    out = {}
+    if target.vision is not None:
+        size = manifest["processor"]["image"]["max_image_size"]
+        pixels = rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+        out["vision"] = stage_layers({"vision": target.vision}, partial(target.encode_images, pixels),
+                                     {"images": 1}, runs)
+    length = max((t for t in grid.prefill if t <= min(C, 256)), default=min(C, *grid.prefill))
+    prompt = Prompt(rng.integers(10, vocab - 10, length))
+    out["prefill"] = stage_layers({"decoder": target.decoder}, partial(target.prefill, prompt), {"tokens": length}, runs)
+    verify = partial(target.verify, rng.integers(10, vocab - 10, nodes), past + np.arange(nodes),
+                     np.tril(np.ones((nodes, nodes), dtype=bool)))
+    out["verify"] = stage_layers({"decoder": target.decoder}, verify, {"nodes": nodes, "past": past}, runs,
+                                 before=partial(setattr, target.cache, "length", past))
+    if draft is not None:
+        out.update(_draft_layers(draft, tree, past, runs, rng))
+    return out
+
+
+def _draft_layers(draft, tree, past: int, runs: int, rng: np.random.Generator) -> dict:
+    """Per-layer rows of the draft's advance (step + memory graphs) and one tree_step (step graph)."""
+    vocab, S, top_k = draft.embeddings.shape[0], draft.limits.node_budget, tree.top_k
+    past = max(min(past, draft.limits.max_context - ROUND_ACCEPTED - 1), 0)
+    tokens = rng.integers(10, vocab - 10, ROUND_ACCEPTED)
+    feats = rng.standard_normal((ROUND_ACCEPTED, draft.feature_dim)).astype(np.float32)
+    state = partial(_fake_state, draft, past)
+    graphs = {"draft_step": draft.step, "draft_memory": draft.memory_graph}
+    out = {"draft_advance": stage_layers(graphs, partial(draft.advance, tokens, feats, top_k),
+                                         {"new": ROUND_ACCEPTED, "past": past}, runs, before=state)}
+    n = min(top_k, S)
+    mask = np.zeros((n, S), dtype=bool)
+    mask[np.arange(n), np.arange(n)] = True
+    step = partial(draft.tree_step, rng.integers(10, vocab - 10, n), np.full(n, past + 1), np.arange(n), mask, top_k)
+    out["draft_tree_step"] = stage_layers({"draft_step": draft.step}, step, {"new": n, "past": past}, runs, before=state)
+    return out
 
 
 def plot_verify(entry: dict, path) -> str:

@@ -29,6 +29,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", type=int, default=0, help="also check predictions on N random DraftSpecs")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, for a CPU shared with other work (use with --threads 1)")
+    p.add_argument("--layer-runs", type=int, default=5,
+                   help="trt: profiled runs per stage for per-layer times (TensorRT IProfiler; 0: none)")
     p.set_defaults(func=_run_profile)
 
 
@@ -42,11 +44,17 @@ def _run_profile(args: argparse.Namespace) -> int:
     config = ProfileConfig(artifacts=Path(args.artifacts), out=Path(args.out), backend=args.backend,
                            precision=args.precision, threads=args.threads, repeats=args.repeats,
                            variants=tuple(v for v in args.variants.split(",") if v), check=args.check,
-                           clock=args.clock)
+                           clock=args.clock, layer_runs=args.layer_runs)
     summary = run_profile(config)
     print(f"{summary['table']} (plot {summary['plot']}); export {summary['export_s']} s, "
           f"measure {summary['measure_s']} s, total {summary['total_s']} s")
     print("per-block costs (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["blocks"].items()))
+    if summary["layers"]:
+        from search.layer_profile import slowest_layers
+
+        for stage, row in summary["layers"].items():
+            top = ", ".join(f"{layer} {ms:.3f}" for _, layer, ms in slowest_layers(row))
+            print(f"layers of {stage} {row['shape']}: {row['total_ms']:.2f} ms in engines; slowest: {top}")
     if "check" in summary:
         print(format_check(summary["check"]))
     return 0
@@ -61,6 +69,16 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default=None)
     p.add_argument("--precision", default=None)
     p.add_argument("--past", type=int, default=256, help="context length the steps are costed at")
+    p.add_argument("--measure", action="store_true",
+                   help="also decode --prompts with the tuned setting and the default tree side by side "
+                        "(onnxruntime CPU) and print the measured tokens/s and speedups as JSON")
+    p.add_argument("--prompts", help="--measure: JSON lines of {\"image\": path or null, \"question\": str}")
+    p.add_argument("--json", help="--measure: also write the full report (per-prompt rows included) here")
+    p.add_argument("--baseline", default="manifest",
+                   help="--measure: the default tree, 'manifest' (the folder's exported tree) or a preset name")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="--measure: onnxruntime intra-op threads")
+    p.add_argument("--limit", type=int, default=None, help="--measure: only the first N prompts")
     p.set_defaults(func=_run_tune)
 
 
@@ -69,13 +87,36 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     from dream_s_edge.profiling import TuneConfig, run_tune
 
-    result, alpha = run_tune(TuneConfig(table=Path(args.table), artifacts=Path(args.artifacts),
-                                        accept=Path(args.accept) if args.accept else None, device=args.device,
-                                        backend=args.backend, precision=args.precision, past=args.past))
+    config = TuneConfig(table=Path(args.table), artifacts=Path(args.artifacts),
+                        accept=Path(args.accept) if args.accept else None, device=args.device,
+                        backend=args.backend, precision=args.precision, past=args.past)
+    if args.measure:
+        return _measure_tune(args, config)
+    result, alpha = run_tune(config)
     print(f"acceptance alpha {alpha:.3f}; {result.message}")
     if result.tree is not None:
         t = result.tree
         print(f"use: --tree dynamic --top-k {t.top_k} --depth {t.depth} --node-budget {t.node_budget}")
+    return 0
+
+
+def _measure_tune(args: argparse.Namespace, config) -> int:
+    """`tune --measure`: the JSON report (without per-prompt rows) on stdout, a readable table on stderr."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from dream_s_edge.bench.tuned import TuneMeasureConfig, measure_tuned, summary_lines
+    from runtime.errors import UserInputError
+
+    if not args.prompts:
+        raise UserInputError("tune --measure needs prompts to decode.",
+                             hint='pass --prompts FILE.jsonl, one {"image": path or null, "question": str} per line')
+    report = measure_tuned(TuneMeasureConfig(
+        tune=config, prompts=Path(args.prompts), json_out=Path(args.json) if args.json else None,
+        baseline=args.baseline, max_new_tokens=args.max_new_tokens, threads=args.threads, limit=args.limit))
+    sys.stderr.write(report["tuner"]["message"] + "\n" + "\n".join(summary_lines(report)) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "per_prompt"}, indent=1))
     return 0
 
 
