@@ -1,5 +1,6 @@
 # dream-s-edge: two commands for a fresh machine.
-#   make demo   sets up .venv and answers a question about a real photograph with the embedded default model
+#   make demo   sets up .venv; the embedded default model and its draft, exported once, answer a question about
+#               a real photograph on onnxruntime (no torch) and print tau and the speedup over autoregressive decoding
 #   make test   sets up .venv and runs the test suite (what CI runs)
 
 VENV ?= .venv
@@ -29,7 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(CLI) generate --image example:astronaut "Describe this picture in one sentence."
+	$(CLI) demo
 
 test: setup browser
 	$(PY) -m pytest -q -rs

@@ -1,7 +1,8 @@
 """`dream-s-edge bench`: autoregressive vs speculative decoding, side by side, on a prompts file.
 
 `backends.py` holds the backend registry ("torch" built in; other runtimes register theirs) and
-`run.py` the run, the JSON report and the plot.
+`run.py` the run, the JSON report and the plot; `ablate.py` runs the same bench once per draft
+(`--ablate`) into one table.
 """
 
 from dream_s_edge.bench.backends import BACKENDS, BenchBackend, make_backend, register_backend

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +41,7 @@ class BenchBackend(Protocol):
     name: str
     device: str  # where it runs, in words (for the report)
     tree: TreeSpec  # the speculative tree (its depth sizes the τ histogram)
+    draft_spec: dict | None  # the draft's DraftSpec as a dict (None: no DREAM draft, e.g. the oracle)
 
     def prompt(self, image, question: str) -> Prompt:
         """A PIL image (or None) and a question -> the tokenized prompt."""
@@ -67,6 +69,16 @@ def register_backend(name: str):
     return decorate
 
 
+def resolve_draft(config):
+    """The config with `draft` filled in for the torch backend: the shipped default draft for the default
+    model, else 'untrained' (the report then records the draft that ran)."""
+    if config.backend != "torch" or config.draft is not None:
+        return config
+    from dream_s_edge.default_draft import draft_or_default
+
+    return replace(config, draft=draft_or_default(None, config.model))
+
+
 def make_backend(config) -> BenchBackend:
     """The backend `config.backend` names.
 
@@ -91,6 +103,7 @@ class TorchBackend:
         from dream_s_edge.generation import TreeOptions, speculative_runners
         from dream_s_edge.runners.target_torch import TorchTargetRunner
 
+        config = resolve_draft(config)
         self.config = config
         self.adapter = _load(config)
         self.tree = TreeOptions(kind=config.tree_kind or "dynamic", top_k=config.top_k or 4,
@@ -99,6 +112,8 @@ class TorchBackend:
         self.spec_target, self.draft = speculative_runners(self.adapter, config.draft, config.max_context, self.tree)
         self.device = f"{self.adapter.device} ({torch.get_num_threads()} threads)"
         self.eos = self.adapter.spec.eos_token_ids
+        model = getattr(self.draft, "model", None)  # None: the oracle drafts with the target itself
+        self.draft_spec = model.spec.to_dict() if model is not None else None
 
     def prompt(self, image, question: str) -> Prompt:
         from dream_s_edge.generation import build_prompt
@@ -118,20 +133,25 @@ class TorchBackend:
 
 
 def _load(config):
-    """The target; eager attention when the draft prunes visual tokens (VTC needs the scores)."""
-    from dream_s_edge.runners.draft_factory import UNTRAINED
+    """The target, with `config.attention` or else the attention the draft needs."""
     from dream_s_edge.targets import load_target
 
     path = _model_dir(config.model or "default")
-    attn = "sdpa"
-    if config.draft not in (UNTRAINED, "oracle"):
-        import json
+    return load_target(path, attn_implementation=config.attention or draft_attention(config.draft))
 
-        spec = json.loads((Path(config.draft) / "config.json").read_text()).get("draft_spec", {})
-        attn = "eager" if spec.get("visual_keep_ratio", 1.0) < 1.0 else "sdpa"
-    elif config.draft == UNTRAINED:
-        attn = "eager"  # the untrained preset keeps 75% of visual tokens
-    return load_target(path, attn_implementation=attn)
+
+def draft_attention(draft: str) -> str:
+    """'eager' when the draft prunes visual tokens (VTC needs the target's attention scores), else 'sdpa'."""
+    from dream_s_edge.runners.draft_factory import UNTRAINED
+
+    if draft == "oracle":
+        return "sdpa"
+    if draft == UNTRAINED:
+        return "eager"  # the untrained preset keeps 75% of visual tokens
+    import json
+
+    spec = json.loads((Path(draft) / "config.json").read_text()).get("draft_spec", {})
+    return "eager" if spec.get("visual_keep_ratio", 1.0) < 1.0 else "sdpa"
 
 
 def _model_dir(model: str) -> Path:
@@ -162,6 +182,7 @@ class _ArtifactBackend:
         self.prompts = PromptBuilder(self.manifest.folder, self.manifest["processor"])
         self.tree = artifact_tree(self.manifest, config)
         self.eos = tuple(self.manifest["target"]["eos_token_ids"])
+        self.draft_spec = self.manifest["draft"].get("spec")
 
     def prompt(self, image, question: str) -> Prompt:
         return self.prompts.build(image, question)

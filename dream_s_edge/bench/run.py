@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dream_s_edge.bench.backends import HFGenerate, make_backend
+from dream_s_edge.bench.backends import HFGenerate, make_backend, resolve_draft
 from runtime.errors import UserInputError
 from runtime.images import load_image
 
@@ -45,7 +45,9 @@ class BenchConfig:
     json_out: str  # report path; the plot goes beside it with a .png suffix
     backend: str = "torch"  # a registered backend (bench/backends.py): torch, ort-cpu, ort-cuda, trt
     model: str | None = None  # 'default' or a local HF folder; None: the default (torch) or the artifacts' source
-    draft: str = "untrained"  # torch: draft folder, 'untrained' or 'oracle' (runtime backends: the exported one)
+    # torch: draft folder, 'untrained' or 'oracle'; None: the shipped default draft for the default model,
+    # else 'untrained' (dream_s_edge/default_draft.py). Runtime backends use the exported one.
+    draft: str | None = None
     artifacts: str | None = None  # ort-*/trt: the folder written by `dream-s-edge export`
     precision: str | None = None  # trt: which engines (None: the only one built)
     max_new_tokens: int = 64
@@ -58,6 +60,7 @@ class BenchConfig:
     limit: int | None = None  # use only the first N prompts
     hf: bool = True  # also time HF transformers' generate on the same prompts
     threads: int = 0  # onnxruntime intra-op threads (0: its default); torch threads are set by the CLI
+    attention: str | None = None  # torch: the target's attention ('eager', 'sdpa'); None: what the draft needs
 
 
 def read_prompts(path) -> list[tuple[str | None, str]]:
@@ -86,6 +89,7 @@ def read_prompts(path) -> list[tuple[str | None, str]]:
 
 def run_bench(config: BenchConfig) -> dict:
     """Benchmarks the configured backend on the prompts; writes and returns the report."""
+    config = resolve_draft(config)
     items = read_prompts(config.prompts)[: config.limit]
     backend = make_backend(config)
     images = [None if image is None else load_image(image) for image, _ in items]
@@ -164,6 +168,8 @@ def _report(config: BenchConfig, backend, rows: list[dict], hf=None) -> dict:
         "host": platform.processor() or platform.machine(),
         "prompts": len(rows),
         "tree": {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget},
+        "draft": {"name": config.draft if config.backend == "torch" else config.artifacts,
+                  "spec": getattr(backend, "draft_spec", None)},
         "tau": {"mean": tau, "histogram": hist.tolist(), "passes": passes,
                 "per_prompt": [r["speculative"]["tau"] for r in rows]},
         "tokens_per_s": rate,

@@ -1,4 +1,4 @@
-"""`dream-s-edge` export, ask, build-engines and camera: artifacts on disk and the torch-free runtime.
+"""`dream-s-edge` demo, export, ask, build-engines and camera: artifacts on disk and the torch-free runtime.
 
 Every heavy import sits inside a function, so building the parser stays torch-free.
 """
@@ -13,10 +13,70 @@ from dream_s_edge.commands.common import quiet_transformers, write_piece
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds this group's subcommands."""
+    _add_demo(sub)
     _add_export(sub)
     _add_ask(sub)
     _add_build_engines(sub)
     _add_camera(sub)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from dream_s_edge.demo import DEFAULT_QUESTION
+
+    p = sub.add_parser(
+        "demo", help="the default model and its draft, exported once, answer about a photograph on onnxruntime; "
+                     "prints tau and the speedup over autoregressive decoding"
+    )
+    p.add_argument("question", nargs="?", default=DEFAULT_QUESTION, help=f'default: "{DEFAULT_QUESTION}"')
+    p.add_argument("--image", default="example:astronaut",
+                   help="image file, or example:NAME for a bundled photograph (astronaut, coffee, ...)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: onnxruntime's default)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from dream_s_edge.demo import DemoConfig, run_demo
+
+    config = DemoConfig(question=args.question, image=args.image, max_new_tokens=args.max_new_tokens,
+                        threads=args.threads or None)
+
+    def announce(folder) -> None:  # only a first run exports, and only the export needs transformers
+        quiet_transformers(args.verbose)
+        print(f"exporting the default model and its draft to ONNX, once, into {folder} (a few minutes)",
+              file=sys.stderr)
+
+    started = []
+
+    def write(piece: str) -> None:  # the question is shown once the answer starts (after any export note)
+        if not started:
+            started.append(True)
+            write_piece(f"Q: {config.question.strip()}\nA: ")
+        write_piece(piece)
+
+    artifacts, report = run_demo(config, write=write, on_export=announce)
+    write("")  # shows the question even when the answer was empty
+    sys.stdout.write("\n\n")
+    for line in demo_summary(artifacts, report):
+        print(line)
+    if not artifacts.shipped_draft:
+        print("note: no trained default draft ships with this package yet (dream_s_edge/assets/default_draft/), "
+              "so these numbers are for an untrained draft", file=sys.stderr)
+    return 0
+
+
+def demo_summary(artifacts, report) -> list[str]:
+    """The lines `demo` prints after the answer: τ, tokens/s of both methods and the speedup."""
+    spec, plain = report.speculative.metrics, report.autoregressive.metrics
+    draft = "the shipped default draft" if artifacts.shipped_draft else "an untrained draft"
+    return [
+        f"speculative (onnxruntime CPU, {draft}): tau {report.tau:.2f} tokens per target pass, "
+        f"{spec.tokens_per_s:.1f} tokens/s ({spec.new_tokens} tokens)",
+        f"autoregressive (same session, same prompt): {plain.tokens_per_s:.1f} tokens/s ({plain.new_tokens} tokens)",
+        f"speedup: {report.speedup:.2f}x over autoregressive decoding; greedy outputs identical: "
+        f"{'yes' if report.identical else 'NO'}",
+        f"artifacts: {artifacts.folder}" + (" (exported now)" if artifacts.exported else " (cached)"),
+    ]
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +87,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default="default", help="'default' (embedded SmolLM2 VLM) or a local SmolVLM folder"
     )
-    p.add_argument("--draft", default=None, help="draft folder, or 'untrained'; omit for the target only")
+    p.add_argument("--draft", default=None,
+                   help="draft folder, 'untrained', or 'none' for the target only (default: the shipped default "
+                        "draft with --model default, else none)")
     p.add_argument("--max-context", type=int, default=1024, help="KV cache size in tokens (prompt + answer)")
     p.add_argument("--tree", choices=["dynamic", "static"], default="dynamic")
     p.add_argument("--top-k", type=int, default=4, help="tree branching")
@@ -43,6 +105,7 @@ def _run_export(args: argparse.Namespace) -> int:
     quiet_transformers(args.verbose)
     from pathlib import Path
 
+    from dream_s_edge.default_draft import draft_or_default
     from dream_s_edge.generation import TreeOptions
     from export.pipeline import ExportConfig, export_artifacts
 
@@ -52,7 +115,7 @@ def _run_export(args: argparse.Namespace) -> int:
     config = ExportConfig(
         out=Path(args.out),
         model=args.model,
-        draft=args.draft,
+        draft=None if args.draft == "none" else draft_or_default(args.draft, args.model, fallback=None),
         max_context=args.max_context,
         tree=tree,
         parity=not args.no_parity,

@@ -35,7 +35,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, default=1024, help="KV cache size in tokens (prompt + answer)")
     p.add_argument("--speculative", action="store_true", help="speculative tree decoding with a draft")
     p.add_argument(
-        "--draft", default="untrained", help="draft folder, or 'untrained' for a fresh DREAM draft"
+        "--draft", default=None,
+        help="draft folder, 'untrained' for a fresh DREAM draft, or 'oracle' (default: the shipped default draft "
+             "with --model default, else untrained)",
     )
     p.add_argument(
         "--tree",
@@ -60,7 +62,9 @@ VISION_TRAIN_FLAGS = (
     "lm_steps",
     "batch_size",
     "questions_per_image",
+    "caption_prob",
     "lr",
+    "lora_rank",
     "device",
     "threads",
     "stop_after",
@@ -129,6 +133,7 @@ def _run_target_eval(args: argparse.Namespace) -> int:
 
 def _run_generate(args: argparse.Namespace) -> int:
     quiet_transformers(args.verbose)
+    from dream_s_edge.default_draft import draft_or_default
     from dream_s_edge.generation import GenerationConfig, TreeOptions, run_generate
 
     config = GenerationConfig(
@@ -147,7 +152,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         question=args.question,
         config=config,
         tree=tree,
-        draft=args.draft,
+        draft=draft_or_default(args.draft, args.model),
         write=write_piece,
     )
     sys.stdout.write("\n")

@@ -32,6 +32,11 @@ def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=16, help="sequences per shard file")
     p.add_argument("--max-mb", type=int, default=1024, help="cap on the data size on disk, MB")
+    p.add_argument("--generate-batch", type=int, default=1,
+                   help="answers generated together with HF generate (8-16: several times faster on a CPU)")
+    p.add_argument("--extra-layers", default="",
+                   help="more target hidden states to store, comma-separated HF indices (the injection-layer "
+                        "candidates of `train --supernet`, e.g. the last 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=_run_distill_data)
@@ -71,7 +76,56 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    _add_supernet_flags(p)
     p.set_defaults(func=_run_train)
+
+
+# (flag, SupernetOptions field, parser of the value); every one needs --supernet.
+_SUPERNET_FLAGS = (
+    ("--phase1-steps", "phase1_steps", int, "N1: steps that train only the largest network (default 200)"),
+    ("--random-subnets", "random_subnets", int, "random sub-networks per phase-2 step (default 1)"),
+    ("--kd-weight", "kd_weight", float, "weight of the KL to the largest network's logits (default 1.0)"),
+    ("--importance", "importance", str, "head/channel ranking at the phase switch: taylor (default) or weight"),
+    ("--interactions", "interactions", str, "branches, e.g. cross_attention,concat (default cross_attention)"),
+    ("--layers", "num_layers", int, "decoder block counts (default 1 .. the preset's depth)"),
+    ("--head-ratios", "head_ratios", float, "head keep ratios (default k/num_kv_heads, k = 1 .. num_kv_heads)"),
+    ("--ffn-ratios", "ffn_ratios", float, "FFN width fractions (default 0.5,1.0)"),
+    ("--injection-layers", "injection_layers", int,
+     "the target's last N hidden states as injection candidates, those the data stores (default 5)"),
+    ("--keep-ratios", "visual_keep_ratios", float, "visual-token keep ratios (default the preset's and 1.0)"),
+    ("--vocab-sizes", "draft_vocab_sizes", int, "draft vocabulary sizes, 'full' = the target's (default full)"),
+)
+_SCALAR_FIELDS = ("phase1_steps", "random_subnets", "kd_weight", "importance", "injection_layers")
+
+
+def _add_supernet_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DREAM-S supernet (--supernet; writes RUN/supernet for `dream-s-edge search`)")
+    g.add_argument("--supernet", action="store_true",
+                   help="train a weight-sharing supernet: phase 1 the largest network, then the sandwich rule")
+    for flag, field, kind, text in _SUPERNET_FLAGS:
+        scalar = field in _SCALAR_FIELDS
+        metavar = ({int: "N", float: "X", str: "NAME"}[kind]) if scalar else "A,B,..."
+        g.add_argument(flag, dest=field, default=None, type=kind if scalar else str, metavar=metavar, help=text)
+
+
+def _supernet_options(args: argparse.Namespace):
+    """SupernetOptions from the flags (None without --supernet, which the flags need)."""
+    given = [(flag, field, kind) for flag, field, kind, _ in _SUPERNET_FLAGS if getattr(args, field) is not None]
+    if not args.supernet:
+        if given:
+            from runtime.errors import UserInputError
+
+            raise UserInputError(f"{given[0][0]} needs --supernet.", hint="add --supernet to train a DREAM-S supernet")
+        return None
+    from search.supernet_train import SupernetOptions
+
+    values = {}
+    for _, field, kind in given:
+        value = getattr(args, field)
+        if field not in _SCALAR_FIELDS:
+            value = tuple(None if v == "full" else kind(v) for v in value.split(",") if v)
+        values[field] = value
+    return SupernetOptions(**values)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +143,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="PyTorch model: 'default' or a local HF folder (default: the embedded target, or the "
                         "folder the artifacts were exported from); HF generate is timed on it")
     p.add_argument("--no-hf", dest="hf", action="store_false", help="skip timing HF transformers' generate")
-    p.add_argument("--draft", default="untrained", help="torch: draft folder, 'untrained' or 'oracle'")
+    p.add_argument("--draft", default=None, help="torch: draft folder, 'untrained' or 'oracle' (default: the "
+                                                 "shipped default draft with the default model, else untrained)")
+    p.add_argument("--attention", choices=["eager", "sdpa"], default=None,
+                   help="torch: the target's attention (default: eager when the draft prunes visual tokens)")
+    p.add_argument("--ablate", nargs="+", default=None, metavar="NAME=DRAFT",
+                   help="the same bench for each named draft (torch: draft folders; ort-*/trt: exported folders); "
+                        "--json gets the combined report and its plot, each draft's report goes to OUT-runs/")
+    p.add_argument("--table", default=None, help="with --ablate: markdown table to write, e.g. docs/ablations.md")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-context", type=int, default=1024, help="torch only (artifacts fix their own)")
     p.add_argument("--tree", choices=["dynamic", "static"], default=None,
@@ -118,7 +179,9 @@ def _run_distill_data(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         shard_size=args.shard_size,
         max_bytes=args.max_mb << 20,
+        extra_layers=tuple(int(v) for v in args.extra_layers.split(",") if v),
         seed=args.seed,
+        generate_batch=args.generate_batch,
     )
     folder = build_distill_data(config)
     manifest = read_manifest(folder)
@@ -157,8 +220,24 @@ def _run_train(args: argparse.Namespace) -> int:
         val_max_new_tokens=args.val_max_new_tokens,
         seed=args.seed,
         device=args.device,
+        supernet=_supernet_options(args),
     )
     print(train_draft(config))
+    return 0
+
+
+def _run_ablation(args: argparse.Namespace, bench) -> int:
+    from dream_s_edge.bench.ablate import AblationConfig, parse_entries, run_ablation
+    from runtime.errors import UserInputError
+
+    if not args.ablate:
+        raise UserInputError("--table needs --ablate.", hint="add --ablate NAME=DRAFT_FOLDER ...")
+    combined = run_ablation(AblationConfig(bench=bench, entries=parse_entries(args.ablate), table=args.table))
+    for row in combined["rows"]:
+        print(f"{row['name']}: tau {row['tau']:.2f}, AR {row['tokens_per_s']['autoregressive']:.1f} tok/s, "
+              f"speculative {row['tokens_per_s']['speculative']:.1f} tok/s, speedup {row['speedup']:.2f}x, "
+              f"identical {row['identical_prompts']}/{row['prompts']}")
+    print(f"-> {args.json_out}" + (f" and {args.table}" if args.table else ""))
     return 0
 
 
@@ -185,7 +264,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         limit=args.limit,
         hf=args.hf,
         threads=args.threads,
+        attention=args.attention,
     )
+    if args.ablate or args.table:
+        return _run_ablation(args, config)
     report = run_bench(config)
     hf = report["hf_generate"]
     versus = f", HF generate {hf['tokens_per_s']:.1f} tok/s (AR/HF {report['ar_vs_hf']:.2f}x)" if hf else ""

@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_profile(sub)
     _add_tune(sub)
     _add_search(sub)
+    _add_tau_check(sub)
 
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
@@ -132,12 +133,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=int, default=8, help="calibration prompts the τ estimate replays")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per calibration prompt")
     p.add_argument("--max-context", type=int, default=1024)
-    p.add_argument("--layers", default="1,2", help="decoder block counts to search")
-    p.add_argument("--head-ratios", default="0.25,0.5,0.75,1.0", help="attention head keep ratios")
-    p.add_argument("--ffn-ratios", default="0.5,1.0", help="FFN width fractions")
-    p.add_argument("--injection-layers", type=int, default=5, help="the target's last N layers as candidates")
-    p.add_argument("--keep-ratios", default="1.0", help="visual-token keep ratios")
-    p.add_argument("--vocab-sizes", default="full", help="draft vocabulary sizes ('full' = the target's)")
+    _add_grid_flags(p)
     p.add_argument("--top-k", default="4", help="tree top-k values")
     p.add_argument("--depths", default="3,4,6", help="tree depths")
     p.add_argument("--node-budgets", default="8,16,32", help="tree node budgets")
@@ -147,16 +143,29 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_search)
 
 
+def _add_grid_flags(p: argparse.ArgumentParser) -> None:
+    """The sub-network grid's flags (SearchSpace fields), comma-separated lists; each defaults to the
+    space the supernet was trained over (`train --supernet` records it), see search.run.resolve_space."""
+    g = p.add_argument_group("sub-network grid (default: the supernet's training space)")
+    g.add_argument("--layers", default="", help="decoder block counts, e.g. 1,2")
+    g.add_argument("--head-ratios", default="", help="attention head keep ratios (whole KV groups), e.g. 0.5,1.0")
+    g.add_argument("--ffn-ratios", default="", help="FFN width fractions, e.g. 0.5,1.0")
+    g.add_argument("--injection-layers", type=int, default=None, help="the target's last N layers as candidates")
+    g.add_argument("--keep-ratios", default="", help="visual-token keep ratios, e.g. 0.5,1.0")
+    g.add_argument("--vocab-sizes", default="", help="draft vocabulary sizes ('full' = the target's)")
+
+
+def numbers(text: str, kind) -> tuple:
+    """A comma-separated flag as a tuple ('full' -> None)."""
+    return tuple(None if v == "full" else kind(v) for v in text.split(",") if v)
+
+
 def _run_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from search.run import SearchConfig, run_search
 
     quiet_transformers(args.verbose)
-
-    def numbers(text: str, kind):
-        return tuple(None if v == "full" else kind(v) for v in text.split(",") if v)
-
     config = SearchConfig(
         table=Path(args.table), supernet=Path(args.supernet), out=Path(args.out), model=args.model,
         device=args.device, backend=args.backend, precision=args.precision, prompts=args.prompts,
@@ -173,4 +182,47 @@ def _run_search(args: argparse.Namespace) -> int:
     print(f"predicted: tau {result.tau:.2f}, step {result.step_ms:.1f} ms vs autoregressive {result.ar_ms:.1f} ms "
           f"-> {result.predicted_speedup:.2f}x; {result.params} draft parameters")
     print(f"wrote {config.out / 'search.json'} and the draft folder {config.out / 'draft'}")
+    return 0
+
+
+def _add_tau_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tau-check", help="rank correlation of the cheap tau estimate with tau of the real loop, "
+                                         "over sub-networks of a supernet")
+    p.add_argument("--supernet", required=True, help="supernet folder (`train --supernet` writes RUN/supernet)")
+    p.add_argument("--out", required=True, help="report JSON (a scatter plot is written beside it)")
+    p.add_argument("--model", default="default", help="'default' (embedded SmolLM2 VLM) or a local HF model folder")
+    p.add_argument("--subnets", type=int, default=12, help="sub-networks: largest, smallest, then random draws")
+    p.add_argument("--prompts", type=int, default=8, help="calibration prompts the tau estimate replays")
+    p.add_argument("--measure-prompts", type=int, default=8,
+                   help="held-out prompts the real loop runs on (disjoint from the calibration ones)")
+    p.add_argument("--same-prompts", action="store_true", help="run the real loop on the calibration prompts")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-context", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--node-budget", type=int, default=16)
+    p.add_argument("--interactions", default="", help="branches (default: the supernet's training space)")
+    _add_grid_flags(p)
+    p.set_defaults(func=_run_tau_check)
+
+
+def _run_tau_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.correlate import TauCheckConfig, format_correlation, run_tau_check
+
+    quiet_transformers(args.verbose)
+    config = TauCheckConfig(
+        supernet=Path(args.supernet), out=Path(args.out), model=args.model, subnets=args.subnets,
+        prompts=args.prompts, measure_prompts=args.measure_prompts, same_prompts=args.same_prompts,
+        max_new_tokens=args.max_new_tokens, max_context=args.max_context, seed=args.seed, top_k=args.top_k,
+        depth=args.depth, node_budget=args.node_budget, num_layers=numbers(args.layers, int),
+        head_ratios=numbers(args.head_ratios, float), ffn_ratios=numbers(args.ffn_ratios, float),
+        injection_layers=args.injection_layers, visual_keep_ratios=numbers(args.keep_ratios, float),
+        draft_vocab_sizes=numbers(args.vocab_sizes, int), interactions=numbers(args.interactions, str))
+    report = run_tau_check(config)
+    print(f"{len(report['subnets'])} sub-networks: Spearman {format_correlation(report['spearman'])}, Kendall "
+          f"{format_correlation(report['kendall'])} ({report['method']}); tau_hat {report['seconds']['estimate']:.1f} s vs real loop "
+          f"{report['seconds']['measure']:.1f} s -> {args.out}")
     return 0

@@ -1,0 +1,269 @@
+"""`dream-s-edge demo`: the embedded default target and its shipped draft answer a question about a
+real photograph through the torch-free speculative runtime, with τ and the speedup measured in the run.
+
+Data flow::
+
+    ensure_default_target() (cached HF folder)  +  default_draft_dir() (or an untrained draft)
+      -> export_key(target, draft bytes, package version, export settings)
+      -> cache_root()/demo-artifacts-KEY/   export/pipeline.py, once; later runs reuse the folder
+      -> runtime.Session (onnxruntime CPU, no torch): an untimed warm-up of both methods, the
+         speculative answer streamed, then the same prompt decoded autoregressively on the same session
+      -> DemoReport: both texts and metrics, τ, tokens/s, speedup, whether the greedy outputs agree
+
+Only the export imports torch; once the folder is cached, the demo answers without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dream_s_edge.default_draft import DRAFT_FILES, default_draft_dir
+from runtime.decode import GenerationResult
+from runtime.errors import PromptError, UserInputError
+from runtime.tree import TreeSpec
+
+logger = logging.getLogger(__name__)
+
+# Bump when the cached folder depends on something the key does not cover yet.
+CACHE_FORMAT_VERSION = 1
+CACHE_PREFIX = "demo-artifacts-"
+UNTRAINED = "untrained"  # export's name for a freshly initialised (seeded) draft
+DEFAULT_QUESTION = "Describe this picture in one sentence."
+
+
+@dataclass(frozen=True)
+class DemoExportSettings:
+    """How the demo exports the default target and draft (the cache key covers every field but parity)."""
+
+    max_context: int = 1024  # committed tokens the runtime's KV cache holds
+    tree: TreeSpec = field(default_factory=lambda: TreeSpec.dynamic(top_k=4, depth=5, node_budget=16))
+    draft_weights: str = "float32"  # draft_step MatMul weights: float32, int8 or int4
+    parity: bool = True  # check every graph against PyTorch while exporting (does not change the files)
+
+    def key_dict(self) -> dict:
+        """The fields that change the exported files, JSON-ready."""
+        tree = self.tree
+        return {"max_context": self.max_context, "draft_weights": self.draft_weights,
+                "tree": {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth,
+                         "node_budget": tree.node_budget, "choices": [list(c) for c in tree.choices]}}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """One `dream-s-edge demo` run (greedy decoding)."""
+
+    question: str = DEFAULT_QUESTION
+    image: str | None = "example:astronaut"  # a path, example:NAME, or None for a text-only question
+    max_new_tokens: int = 64
+    threads: int | None = None  # onnxruntime intra-op threads (None: onnxruntime's default)
+    warmup_tokens: int = 4  # untimed decode of this many tokens per method first (0: none)
+    export: DemoExportSettings = field(default_factory=DemoExportSettings)
+
+
+@dataclass(frozen=True)
+class DemoArtifacts:
+    """The exported folder the demo answers from."""
+
+    folder: Path
+    draft: str  # the shipped draft's folder, or 'untrained'
+    exported: bool  # True: exported in this run; False: found in the cache
+
+    @property
+    def shipped_draft(self) -> bool:
+        """Whether the folder holds the package's trained default draft."""
+        return self.draft != UNTRAINED
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """Speculative and autoregressive decoding of one prompt on one session, side by side."""
+
+    text: str  # the speculative answer (streamed)
+    autoregressive_text: str
+    speculative: GenerationResult
+    autoregressive: GenerationResult
+
+    @property
+    def identical(self) -> bool:
+        """Greedy outputs equal token for token (they must: acceptance is lossless)."""
+        return bool(np.array_equal(self.speculative.tokens, self.autoregressive.tokens))
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens emitted per target pass of the speculative decode."""
+        return self.speculative.metrics.tau
+
+    @property
+    def speedup(self) -> float:
+        """Speculative tokens/s over autoregressive tokens/s (prefill included in both)."""
+        return self.speculative.metrics.tokens_per_s / max(self.autoregressive.metrics.tokens_per_s, 1e-9)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary."""
+        return {"tau": self.tau, "speedup": self.speedup, "identical": self.identical,
+                "speculative": self.speculative.metrics.to_dict(),
+                "autoregressive": self.autoregressive.metrics.to_dict(),
+                "text": self.text, "autoregressive_text": self.autoregressive_text}
+
+
+def export_key(target_dir: str | Path, draft_dir: str | Path | None, settings: DemoExportSettings,
+               version: str | None = None) -> str:
+    """A short hash of everything the demo's exported folder depends on.
+
+    Args:
+        target_dir: the converted target's folder; its name carries the target's own build hash.
+        draft_dir: the draft folder (its files' bytes are hashed), or None for the seeded untrained draft.
+        settings: the export settings.
+        version: the package version (None: the installed one).
+    """
+    if version is None:
+        from export.manifest import package_version
+
+        version = package_version()
+    head = {"format": CACHE_FORMAT_VERSION, "target": Path(target_dir).name, "version": version,
+            "settings": settings.key_dict(), "draft": UNTRAINED if draft_dir is None else "folder"}
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for name in DRAFT_FILES if draft_dir is not None else ():
+        digest.update(name.encode())
+        digest.update((Path(draft_dir) / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cached_export(target_dir: Path, draft_dir: Path | None, settings: DemoExportSettings,
+                  root: Path | None = None, on_export: Callable[[Path], None] | None = None) -> DemoArtifacts:
+    """The exported folder of this target and draft, exporting it first when the cache lacks it.
+
+    The export is written to a temporary sibling and renamed into place, so an interrupted export
+    never leaves a folder that looks finished.
+
+    Args:
+        target_dir: the target's HF folder.
+        draft_dir: a draft folder, or None for export's seeded untrained draft.
+        settings: the export settings.
+        root: the cache folder (None: `cache_root()`).
+        on_export: called with the folder just before a (slow) export starts; not called on a cache hit.
+
+    Raises:
+        ExportError: the export or its parity check failed.
+    """
+    if root is None:
+        from dream_s_edge.embedded.build import cache_root
+
+        root = cache_root()
+    root = Path(root)
+    draft = str(draft_dir) if draft_dir is not None else UNTRAINED
+    folder = root / f"{CACHE_PREFIX}{export_key(target_dir, draft_dir, settings)}"
+    if (folder / "manifest.json").is_file():
+        logger.info("Reusing the demo export at %s", folder)
+        return DemoArtifacts(folder=folder, draft=draft, exported=False)
+    root.mkdir(parents=True, exist_ok=True)
+    logger.info("Exporting the target and draft to ONNX once, into %s", folder)
+    if on_export is not None:
+        on_export(folder)
+    from export.pipeline import ExportConfig, export_artifacts
+
+    tmp = Path(tempfile.mkdtemp(prefix=".exporting-", dir=root))
+    try:
+        export_artifacts(ExportConfig(out=tmp, model=str(target_dir), draft=draft, max_context=settings.max_context,
+                                      tree=settings.tree, parity=settings.parity,
+                                      draft_weights=settings.draft_weights))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same export first: keep its folder
+            logger.info("%s appeared meanwhile; keeping it", folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return DemoArtifacts(folder=folder, draft=draft, exported=True)
+
+
+def demo_artifacts(settings: DemoExportSettings, on_export: Callable[[Path], None] | None = None) -> DemoArtifacts:
+    """The embedded default target with its shipped draft (or, missing one, an untrained draft), exported once.
+
+    `on_export` is called with the folder before a first-run export (see `cached_export`).
+    """
+    from dream_s_edge.embedded import ensure_default_target
+
+    draft_dir = default_draft_dir()
+    if draft_dir is None:
+        logger.warning("This package ships no trained default draft (dream_s_edge/assets/default_draft/ is "
+                       "missing): the demo drafts with an untrained DREAM draft, so τ stays near 1.")
+    return cached_export(ensure_default_target(), draft_dir, settings, on_export=on_export)
+
+
+def open_image(image: str | None):
+    """`--image`: a path, example:NAME (a bundled photograph), or None; returns an RGB PIL image or None."""
+    from runtime.images import load_image
+
+    if image is None:
+        return None
+    if image.startswith("example:"):
+        from dream_s_edge.examples import example_image
+
+        return load_image(example_image(image.removeprefix("example:")))
+    return load_image(image)
+
+
+def answer_and_compare(folder: str | Path, image, question: str, max_new_tokens: int = 64,
+                       threads: int | None = None, warmup_tokens: int = 4,
+                       write: Callable[[str], None] = lambda text: None) -> DemoReport:
+    """Streams the speculative answer to `write`, then decodes the same prompt autoregressively.
+
+    Both decodes run greedily on one `runtime.Session` (the same runners and KV buffers), after an
+    untimed warm-up of each, so their tokens/s compare like for like.
+
+    Args:
+        folder: an exported artifact folder with a draft.
+        image: a PIL image, or None for a text-only question.
+        question: the question.
+        max_new_tokens: the answer's length limit.
+        threads: onnxruntime intra-op threads (None: its default).
+        warmup_tokens: tokens decoded per method before timing (0: no warm-up).
+        write: receives the answer's text pieces as they are decoded.
+
+    Raises:
+        UserInputError: the folder holds no draft, or the image or question is bad.
+    """
+    from runtime.session import Session
+
+    session = Session.from_dir(folder, threads=threads)
+    if session.draft is None:
+        raise UserInputError(f"{folder} holds no draft graph, so there is nothing speculative to show.",
+                             hint="export with a draft (dream-s-edge export --draft ...)")
+    for speculative in (True, False) if warmup_tokens > 0 else ():
+        session.generate(image, question, max_new_tokens=warmup_tokens, speculative=speculative)
+    pieces = []
+    for piece in session.ask(image, question, stream=True, max_new_tokens=max_new_tokens, speculative=True):
+        pieces.append(piece)
+        write(piece)
+    speculative_result = session.last_result
+    plain = session.ask(image, question, stream=False, max_new_tokens=max_new_tokens, speculative=False)
+    return DemoReport(text="".join(pieces), autoregressive_text=plain.text, speculative=speculative_result,
+                      autoregressive=plain.result)
+
+
+def run_demo(config: DemoConfig, write: Callable[[str], None] = lambda text: None,
+             on_export: Callable[[Path], None] | None = None) -> tuple[DemoArtifacts, DemoReport]:
+    """The `dream-s-edge demo` job: checks the input, exports once (cached), answers and compares.
+
+    `write` receives the streamed answer; `on_export` is told before a first-run export starts.
+
+    Raises:
+        UserInputError: an empty question or a bad image (refused before the slow export).
+        ExportError: the first-run export failed.
+    """
+    if not config.question or not config.question.strip():
+        raise PromptError("The question is empty.", hint='ask something, e.g. "What is in this picture?"')
+    picture = open_image(config.image)
+    artifacts = demo_artifacts(config.export, on_export)
+    report = answer_and_compare(artifacts.folder, picture, config.question.strip(), config.max_new_tokens,
+                                config.threads, config.warmup_tokens, write)
+    return artifacts, report
