@@ -12,6 +12,7 @@ Data flow::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -35,39 +36,39 @@ class SearchConfig:
     max_new_tokens: int = 32  # tokens decoded per calibration prompt
     max_context: int = 1024
     seed: int = 0  # calibration prompt seed
-    num_layers: tuple[int, ...] = (1, 2)  # the grid (SearchSpace fields)
-    head_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    ffn_ratios: tuple[float, ...] = (0.5, 1.0)
-    injection_layers: int = 5  # candidate feature layers: the target's last N hidden states
-    visual_keep_ratios: tuple[float, ...] = (1.0,)
-    draft_vocab_sizes: tuple[int | None, ...] = (None,)
+    # The grid (SearchSpace fields); empty / None: the supernet's training space (`resolve_space`).
+    num_layers: tuple[int, ...] = ()
+    head_ratios: tuple[float, ...] = ()
+    ffn_ratios: tuple[float, ...] = ()
+    injection_layers: int | None = None  # candidate feature layers: the target's last N hidden states
+    visual_keep_ratios: tuple[float, ...] = ()
+    draft_vocab_sizes: tuple[int | None, ...] = ()
     top_ks: tuple[int, ...] = (4,)  # tree grid
     depths: tuple[int, ...] = (3, 4, 6)
     node_budgets: tuple[int, ...] = (8, 16, 32)
     past: int = 256  # committed tokens the steps are costed at
     max_params: int | None = None  # constraints
     max_step_ms: float | None = None
-    interactions: tuple[str, ...] = field(default=())  # () = every branch of the supernet
+    interactions: tuple[str, ...] = field(default=())  # () = the training space's (every branch)
 
 
 def run_search(config: SearchConfig):
     """Runs the whole search; returns the SearchResult (also written under `config.out`)."""
     import torch
 
-    from dream_s_edge.generation import load_model
     from search.latency import LatencyModel
     from search.latency_table import load_table, select_entry
     from search.search import SearchConstraints, pareto_front, search_drafts, tree_grid
-    from search.supernet import SearchSpace, load_supernet, param_count
+    from search.supernet import load_supernet, param_count
 
     entry = select_entry(load_table(config.table), device=config.device, backend=config.backend,
                          precision=config.precision)
-    adapter = load_model(config.model)
+    adapter = load_search_target(config.model, config.supernet, config.visual_keep_ratios)
     net = load_supernet(config.supernet, adapter.text_embedding().weight, adapter.lm_head_weight()).eval()
-    space = SearchSpace.for_target(
-        adapter.spec.num_layers, config.injection_layers, interactions=config.interactions or tuple(net.branches),
-        num_layers=config.num_layers, head_ratios=config.head_ratios, ffn_ratios=config.ffn_ratios,
-        visual_keep_ratios=config.visual_keep_ratios, draft_vocab_sizes=config.draft_vocab_sizes)
+    space = resolve_space(net, config.supernet, adapter.spec.num_layers, config.injection_layers,
+                          interactions=config.interactions, num_layers=config.num_layers,
+                          head_ratios=config.head_ratios, ffn_ratios=config.ffn_ratios,
+                          visual_keep_ratios=config.visual_keep_ratios, draft_vocab_sizes=config.draft_vocab_sizes)
     specs = {c: net.subnet_spec(c) for c in space.choices()}
     trees = tree_grid(config.top_ks, config.depths, config.node_budgets)
     records = _records(adapter, space, config, max(t.depth for t in trees))
@@ -83,9 +84,75 @@ def run_search(config: SearchConfig):
     return result
 
 
+def load_search_target(model: str, folder, keep_ratios: tuple[float, ...] = ()):
+    """The target ('default' or a local HF folder), with eager attention when the grid has a visual
+    keep ratio below 1 (`keep_ratios`, else the supernet's training space): the target then
+    measures the visual-token scores the draft's compression needs."""
+    from dream_s_edge.targets import load_target
+    from search.supernet import SUPERNET_CONFIG
+    from search.supernet_train import trained_space
+
+    trained = trained_space(folder) if (Path(folder) / SUPERNET_CONFIG).is_file() else None
+    keep = keep_ratios or (trained.visual_keep_ratios if trained else (1.0,))
+    if model == "default":
+        from dream_s_edge.embedded import ensure_default_target
+
+        path = ensure_default_target()
+    else:
+        path = Path(model)
+    return load_target(path, attn_implementation="eager" if min(keep) < 1.0 else "sdpa")
+
+
+def resolve_space(net, folder, target_num_layers: int, injection_layers: int | None = None, **fields):
+    """The grid to score: given fields, the rest from the supernet's training space.
+
+    Args:
+        net: the loaded supernet.
+        folder: its folder; `train --supernet` records the space it trained over in supernet.json.
+        target_num_layers: L of the target.
+        injection_layers: candidate injection layers are the target's last N (None: the trained ones).
+        **fields: SearchSpace fields; an empty tuple takes the trained value.
+
+    Without a recorded space (a supernet saved outside `train --supernet`) the defaults are every
+    branch and depth of the supernet, every head ratio keeping whole KV groups, FFN ratios 0.5 and
+    1, the target's last 5 layers, all visual tokens and the full vocabulary.
+    """
+    from search.supernet import SearchSpace
+    from search.supernet_train import trained_space
+
+    spec = net.spec
+    space = trained_space(folder) or SearchSpace.for_target(
+        target_num_layers, 5, interactions=tuple(net.branches), num_layers=tuple(range(1, spec.num_layers + 1)),
+        head_ratios=tuple(k / spec.num_kv_heads for k in range(1, spec.num_kv_heads + 1)))
+    if injection_layers is not None:
+        fields["feature_layers"] = SearchSpace.for_target(target_num_layers, injection_layers).feature_layers
+    return dataclasses.replace(space, **{k: tuple(v) for k, v in fields.items() if v})
+
+
 def _records(adapter, space, config: SearchConfig, depth: int):
     """Target continuations of the calibration prompts, with every candidate injection layer."""
-    from dream_s_edge.distill.prompts import heldout_prompts, materialize
+    from dream_s_edge.distill.prompts import heldout_prompts
+
+    prompts = heldout_prompts(config.prompts, 0, config.seed)[: config.prompts]
+    return record_prompts(adapter, space, prompts, config.max_new_tokens, config.max_context, depth)
+
+
+def record_prompts(adapter, space, prompts, max_new_tokens: int, max_context: int, depth: int) -> list:
+    """The target's greedy continuations of `prompts` for the τ̂ replay (the target runs once per prompt).
+
+    Args:
+        adapter: the target.
+        space: the SearchSpace; every candidate injection layer is recorded, and the visual-token
+            scores when a keep ratio below 1 is searched (eager attention only).
+        prompts: PromptSpecs (`dream_s_edge.distill.prompts`).
+        max_new_tokens: tokens the replay decodes per prompt.
+        max_context: target runner context.
+        depth: the deepest tree replayed.
+
+    Returns:
+        One `TargetRecord` per prompt.
+    """
+    from dream_s_edge.distill.prompts import materialize
     from dream_s_edge.generation import build_prompt
     from dream_s_edge.runners.target_torch import TorchTargetRunner
     from runtime.runner import RunnerLimits
@@ -94,13 +161,13 @@ def _records(adapter, space, config: SearchConfig, depth: int):
     layers = tuple(adapter.spec.num_layers if i == -1 else i for i in space.feature_layers)
     eager = adapter.language_model.config._attn_implementation == "eager"
     wants_scores = eager and min(space.visual_keep_ratios) < 1.0
-    target = TorchTargetRunner(adapter, RunnerLimits(config.max_context, 1), feature_layers=layers,
+    target = TorchTargetRunner(adapter, RunnerLimits(max_context, 1), feature_layers=layers,
                                visual_attention=wants_scores)
     records = []
-    for spec in heldout_prompts(config.prompts, 0, config.seed)[: config.prompts]:
+    for spec in prompts:
         image, question = materialize(spec)
-        prompt = build_prompt(adapter, image, question, config.max_context - config.max_new_tokens - depth - 2)
-        records.append(record_target(target, prompt, layers, config.max_new_tokens + depth + 1))
+        prompt = build_prompt(adapter, image, question, max_context - max_new_tokens - depth - 2)
+        records.append(record_target(target, prompt, layers, max_new_tokens + depth + 1))
     return records
 
 

@@ -1,7 +1,10 @@
-"""Phase-2 supernet training: the sandwich rule and one gradient-accumulating step.
+"""Phase-2 supernet training: the sandwich rule, its loss, and one gradient-accumulating step.
 
-Place in the data flow: a batch of target features (the distillation data) -> `sandwich_step` ->
-gradients on the supernet's shared tensors -> the caller's optimizer step.
+Place in the data flow: a sequence of the distillation data, as each sampled sub-network sees it
+(its injection layer and visual-token compression) -> `sandwich_loss` -> backward -> gradients on
+the supernet's shared tensors -> the caller's optimizer step. `dream-s-edge train --supernet`
+(search/supernet_train.py) calls `sandwich_loss` under DDP; `sandwich_step` is the same for one
+`SupernetBatch` without the trainer.
 
 Each step trains the largest sub-network, the smallest and `random` random ones (the sandwich rule,
 an improvement on OFA's progressive shrinking: the extremes bound the space, the random ones cover
@@ -10,6 +13,9 @@ distilled from the largest's logits (in-place distillation, the teacher detached
 
     loss(largest) = distill_losses(largest)
     loss(s)       = distill_losses(s) + λ_kd · mean_t KL(q_largest(t) ‖ q_s(t))   over s's vocabulary
+
+`distill_losses` here is the ordinary draft trainer's loss of a sequence (`sequence_losses`: KL to
+the target, feature and intermediate-feature terms, over the training-time-test steps when unrolled).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dream_s_edge.distill.losses import LossWeights, distill_losses, kl_per_token
+from dream_s_edge.distill.dataset import TrainingExample
+from dream_s_edge.distill.losses import LossWeights, kl_per_token
+from dream_s_edge.distill.trainer import sequence_losses
 from search.supernet import SearchSpace, SubnetChoice, Supernet
 
 
@@ -84,6 +92,45 @@ def teacher_kl(teacher_logits: torch.Tensor, teacher_d2t: torch.Tensor | None, s
     return kl_per_token(teacher_logits, student_logits, index)
 
 
+def sandwich_loss(supernet: Supernet, batch: list[tuple[SubnetChoice, TrainingExample]], weights: LossWeights,
+                  kd_weight: float = 1.0, ttt_steps: int = 0,
+                  ttt_decay: float = 0.8) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """The summed loss of one step's sub-networks on one sequence (no backward).
+
+    Args:
+        supernet: the supernet (train mode).
+        batch: (choice, the sequence as that choice reads it) pairs; the first choice is the teacher
+            (the largest). Every example masks the same answer tokens (VTC keeps every text position).
+        weights: the λs of the DREAM losses.
+        kd_weight: λ_kd of the distillation from the first choice.
+        ttt_steps: training-time-test steps (as in ordinary draft training).
+        ttt_decay: loss weight of unrolled step k is decay**k.
+
+    Returns:
+        (the summed loss with gradient, one dict of detached metric tensors per choice: "loss",
+        "kd", "kl", "feat", "intermed", "top1", "top1_k<k>"...).
+    """
+    lm_head = next(iter(supernet.branches.values())).lm_head_weight
+    teacher = None
+    total = None
+    metrics = []
+    for i, (choice, ex) in enumerate(batch):
+        outs = supernet.unrolled(choice, ex.embeds, ex.features, ex.positions, ttt_steps)
+        d2t = supernet.d2t(choice)
+        terms = sequence_losses(outs, ex, lm_head, d2t, weights, ttt_decay)
+        logits = outs[0].logits[0][ex.mask]  # [n, V_d]
+        kd = torch.zeros((), dtype=logits.dtype, device=logits.device)
+        if i == 0:
+            teacher = (logits.detach(), d2t)
+        elif logits.shape[0]:
+            assert logits.shape[0] == teacher[0].shape[0], "sub-networks see different answer tokens"
+            kd = teacher_kl(teacher[0], teacher[1], logits, d2t).mean()
+        loss = terms["loss"] + kd_weight * kd
+        total = loss if total is None else total + loss
+        metrics.append({**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach(), "kd": kd.detach()})
+    return total, metrics
+
+
 def sandwich_step(supernet: Supernet, batch: SupernetBatch, choices: list[SubnetChoice], weights: LossWeights,
                   kd_weight: float = 1.0) -> list[dict[str, float]]:
     """Accumulates the gradients of the sub-networks' losses into the supernet (no optimizer step).
@@ -98,21 +145,10 @@ def sandwich_step(supernet: Supernet, batch: SupernetBatch, choices: list[Subnet
     Returns:
         One dict of float metrics per choice ("loss", "kl", "feat", "intermed", "top1", "kd").
     """
-    lm_head = next(iter(supernet.branches.values())).lm_head_weight
-    teacher = None
-    metrics = []
-    for i, choice in enumerate(choices):
-        out = supernet(choice, batch.embeds, batch.features[choice.feature_layer], batch.positions)
-        d2t = supernet.d2t(choice)
-        terms = distill_losses(out, batch.last, batch.intermed, batch.mask, lm_head, weights, d2t)
-        loss = terms["loss"]
-        kd = torch.zeros(())
-        if i == 0:
-            teacher = (out.logits[0][batch.mask].detach(), d2t)
-        else:
-            kd = teacher_kl(teacher[0], teacher[1], out.logits[0][batch.mask], d2t).mean()
-            loss = loss + kd_weight * kd
-        loss.backward()
-        metrics.append({"loss": float(loss.detach()), "kd": float(kd.detach()),
-                        **{name: float(terms[name]) for name in ("kl", "feat", "intermed", "top1")}})
-    return metrics
+    answer = torch.nonzero(batch.mask)
+    start = int(batch.positions[answer[0]]) + 1 if answer.numel() else int(batch.positions[-1]) + 1
+    examples = [(c, TrainingExample(batch.embeds, batch.features[c.feature_layer], batch.positions, batch.last,
+                                    batch.intermed, batch.mask, start)) for c in choices]
+    loss, metrics = sandwich_loss(supernet, examples, weights, kd_weight)
+    loss.backward()
+    return [{name: float(m[name]) for name in ("loss", "kd", "kl", "feat", "intermed", "top1")} for m in metrics]

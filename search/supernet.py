@@ -24,7 +24,9 @@ Importance: by default a KV group's score is the L2 norm of its heads' columns o
 projection and an FFN channel's is |down column| x |up row|; with `accumulate_taylor` after each
 backward of phase 1, the first-order Taylor estimate |sum grad * weight| of the loss change when a
 group or channel is removed, summed over steps. Reordering is a function-preserving permutation of
-the full network, so phase 1's largest network computes the same after it.
+the full network, so phase 1's largest network computes the same after it; given the optimizer, it
+permutes the optimizer's per-element state (AdamW moments) the same way, so training goes on with
+one optimizer across the phase switch.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dream_s_edge.distill.unroll import unrolled_forward
 from dream_s_edge.draft.model import DraftOutput, DreamDraft
 from dream_s_edge.draft.spec import DraftSpec, DraftSpecError
 
@@ -209,6 +212,18 @@ class Supernet(nn.Module):
             self._skeletons[choice] = _meta_draft(spec)
         return self._skeletons[choice]
 
+    def _call_tensors(self, choice: SubnetChoice) -> dict[str, torch.Tensor]:
+        """Every tensor the choice's skeleton needs: sliced views, the shared embedding and head, d2t."""
+        branch = self.branches[choice.interaction]
+        tensors = self.sliced_tensors(choice)
+        tensors["embed_weight"] = branch.embed_weight
+        tensors["lm_head_weight"] = branch.lm_head_weight
+        d2t = self.d2t(choice)
+        if d2t is not None:
+            tensors["d2t"] = d2t
+            tensors["draft_head"] = branch.lm_head_weight.index_select(0, d2t)
+        return tensors
+
     def forward(self, choice: SubnetChoice, input_embeds: torch.Tensor, features: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> DraftOutput:
         """Teacher-forced pass of one sub-network (see `DreamDraft.forward`).
@@ -222,16 +237,28 @@ class Supernet(nn.Module):
         Returns:
             DraftOutput; logits are over the choice's draft vocabulary [B, T, V_d].
         """
-        branch = self.branches[choice.interaction]
-        tensors = self.sliced_tensors(choice)
-        tensors["embed_weight"] = branch.embed_weight
-        tensors["lm_head_weight"] = branch.lm_head_weight
-        d2t = self.d2t(choice)
-        if d2t is not None:
-            tensors["d2t"] = d2t
-            tensors["draft_head"] = branch.lm_head_weight.index_select(0, d2t)
-        skeleton = self._skeleton(choice)
-        return torch.func.functional_call(skeleton, tensors, (input_embeds, features, positions), strict=False)
+        return torch.func.functional_call(self._skeleton(choice), self._call_tensors(choice),
+                                          (input_embeds, features, positions), strict=False)
+
+    def unrolled(self, choice: SubnetChoice, input_embeds: torch.Tensor, features: torch.Tensor,
+                 positions: torch.Tensor, steps: int) -> list[DraftOutput]:
+        """Steps 0 .. `steps` of the training-time test of one sub-network (`distill.unroll`).
+
+        Args:
+            choice: the sub-network.
+            input_embeds: [B, T, H_t] the draft's input stream.
+            features: [B, M, H_t] the target's hidden state `choice.feature_layer` at positions 0 .. M-1.
+            positions: [T] int64 absolute positions of the stream.
+            steps: unrolled steps after the teacher-forced one (0: `forward` alone).
+
+        Returns:
+            steps + 1 DraftOutputs over the T stream tokens, as `unrolled_forward` returns them.
+        """
+        if steps == 0:
+            return [self(choice, input_embeds, features, positions)]
+        tensors = {f"draft.{name}": t for name, t in self._call_tensors(choice).items()}
+        return torch.func.functional_call(_Unrolled(self._skeleton(choice), steps), tensors,
+                                          (input_embeds, features, positions), strict=False)
 
     # ---- importance -----------------------------------------------------------------------
     def _elastic_modules(self):
@@ -258,25 +285,49 @@ class Supernet(nn.Module):
             self._taylor[path] = self._taylor.get(path, 0) + score.abs()
 
     @torch.no_grad()
-    def reorder_by_importance(self, scores: str = "weight") -> None:
+    def reorder_by_importance(self, scores: str = "weight", optimizer: torch.optim.Optimizer | None = None) -> None:
         """Permutes every branch's heads (by KV group) and FFN channels, most important first.
 
         Args:
             scores: "weight" (L2 norm of each head's output projection, |down| x |up| per channel) or
                 "taylor" (the sums of `accumulate_taylor`; weight norms where none were accumulated).
+            optimizer: an optimizer over these parameters whose per-element state (tensors of the
+                parameter's shape, e.g. AdamW's moments) is permuted with them; None: no optimizer
+                state to keep (build the phase-2 optimizer after this call).
 
-        Function-preserving for the largest network. Call it once between phase 1 and phase 2,
-        before the phase-2 optimizer is built (optimizer state is not permuted); the Taylor sums are
-        cleared, as they follow the old order.
+        Function-preserving for the largest network. Call it once between phase 1 and phase 2; the
+        Taylor sums are cleared, as they follow the old order.
         """
+        companions = _optimizer_companions(optimizer)
         for path, module in self._elastic_modules():
             taylor = self._taylor.get(path) if scores == "taylor" else None
             if hasattr(module, "down_proj"):
-                _reorder_ffn(module, ffn_importance(module) if taylor is None else taylor)
+                _reorder_ffn(module, ffn_importance(module) if taylor is None else taylor, companions)
             else:
                 _reorder_heads(module, self.spec.head_dim, head_importance(module, self.spec.head_dim)
-                               if taylor is None else taylor)
+                               if taylor is None else taylor, companions)
         self._taylor.clear()
+
+    def importance_state(self) -> dict[str, torch.Tensor]:
+        """The accumulated Taylor sums (module path -> scores), for a checkpoint."""
+        return {path: scores.detach().cpu().clone() for path, scores in self._taylor.items()}
+
+    def load_importance_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restores `importance_state` output (a resumed phase 1 keeps its sums)."""
+        device = self.vocab_order.device
+        self._taylor = {path: scores.to(device) for path, scores in state.items()}
+
+
+class _Unrolled(nn.Module):
+    """A draft whose forward is the training-time test unroll (what `functional_call` needs)."""
+
+    def __init__(self, draft: DreamDraft, steps: int):
+        super().__init__()
+        self.draft = draft
+        self.steps = steps
+
+    def forward(self, input_embeds, features, positions) -> list[DraftOutput]:
+        return unrolled_forward(self.draft, input_embeds, features, positions, self.steps)
 
 
 def _leading(tensor: torch.Tensor, shape) -> torch.Tensor:
@@ -314,19 +365,33 @@ def _taylor_ffn(mlp: nn.Module) -> torch.Tensor:
     return rows + (mlp.down_proj.weight.grad * mlp.down_proj.weight).sum(0)
 
 
-def _reorder_heads(attn: nn.Module, head_dim: int, importance: torch.Tensor) -> None:
-    order = torch.argsort(importance, descending=True, stable=True)  # [Hkv]
+def _optimizer_companions(optimizer) -> dict[int, list[torch.Tensor]]:
+    """id(parameter) -> the optimizer's state tensors of the parameter's shape (permuted with it)."""
+    if optimizer is None:
+        return {}
+    return {id(p): [v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]
+            for p, state in optimizer.state.items()}
+
+
+def _permute(tensor: torch.Tensor, index: torch.Tensor, dim: int, companions: dict) -> None:
+    """Reorders `tensor` (and its optimizer state) along `dim` in place."""
+    for t in (tensor, *companions.get(id(tensor), ())):
+        t.copy_(t.index_select(dim, index.to(t.device)))
+
+
+def _reorder_heads(attn: nn.Module, head_dim: int, importance: torch.Tensor, companions: dict) -> None:
+    order = torch.argsort(importance, descending=True, stable=True).cpu()  # [Hkv]
     groups = attn.num_heads // attn.num_kv_heads
     heads = (order[:, None] * groups + torch.arange(groups)).flatten()  # [H] query heads, group-major
     q_rows = _rows(heads, head_dim)
     kv_rows = _rows(order, head_dim)
-    attn.q_proj.weight.copy_(attn.q_proj.weight[q_rows])
-    attn.k_proj.weight.copy_(attn.k_proj.weight[kv_rows])
-    attn.v_proj.weight.copy_(attn.v_proj.weight[kv_rows])
-    attn.o_proj.weight.copy_(attn.o_proj.weight[:, q_rows])
+    _permute(attn.q_proj.weight, q_rows, 0, companions)
+    _permute(attn.k_proj.weight, kv_rows, 0, companions)
+    _permute(attn.v_proj.weight, kv_rows, 0, companions)
+    _permute(attn.o_proj.weight, q_rows, 1, companions)
     if hasattr(attn, "null_k"):
-        attn.null_k.copy_(attn.null_k[order])
-        attn.null_v.copy_(attn.null_v[order])
+        _permute(attn.null_k, order, 0, companions)
+        _permute(attn.null_v, order, 0, companions)
 
 
 def _rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -334,11 +399,11 @@ def _rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
 
 
-def _reorder_ffn(mlp: nn.Module, importance: torch.Tensor) -> None:
+def _reorder_ffn(mlp: nn.Module, importance: torch.Tensor, companions: dict) -> None:
     order = torch.argsort(importance, descending=True, stable=True)
-    mlp.gate_proj.weight.copy_(mlp.gate_proj.weight[order])
-    mlp.up_proj.weight.copy_(mlp.up_proj.weight[order])
-    mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, order])
+    _permute(mlp.gate_proj.weight, order, 0, companions)
+    _permute(mlp.up_proj.weight, order, 0, companions)
+    _permute(mlp.down_proj.weight, order, 1, companions)
 
 
 def extract_subnet(supernet: Supernet, choice: SubnetChoice) -> tuple[DraftSpec, dict[str, torch.Tensor]]:

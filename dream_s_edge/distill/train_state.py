@@ -3,10 +3,11 @@
 * Processes: `setup_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK). One
   process without it; with it, a process group on NCCL when CUDA is present, else gloo. The same
   code runs on one CPU, one GPU or several GPUs, with no change.
-* Checkpoints: `<out>/checkpoint/state.pt`, written atomically by rank 0: draft weights, optimizer
-  and scheduler state, the step, and the RNG states. The data order and the per-step noise are pure
-  functions of (seed, step, rank), so a run killed at any point and resumed from its last checkpoint
-  redoes the same steps and reaches the same weights.
+* Checkpoints: `<out>/checkpoint/state.pt`, written atomically by rank 0: draft (or supernet)
+  weights, optimizer and scheduler state, the step, the RNG states and the training strategy's own
+  state (a supernet's importance sums). The data order, the per-step noise and a supernet's sampled
+  sub-networks are pure functions of (seed, step, rank), so a run killed at any point and resumed
+  from its last checkpoint redoes the same steps and reaches the same weights.
 * Log: `<out>/train_log.jsonl`, one line per step; on resume lines past the checkpoint are dropped,
   so the loss curve continues without a duplicate or a jump.
 """
@@ -18,6 +19,7 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +110,17 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     return folder / STATE_FILE
 
 
-def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, config_dict: dict) -> int:
+def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, config_dict: dict,
+                    on_state: Callable[[dict], None] | None = None) -> int:
     """Restores a run from its checkpoint, if any; returns the step to continue from (0 if none).
+
+    Args:
+        out_dir: the run folder.
+        model: receives the checkpoint's weights.
+        optimizer: receives its optimizer state.
+        scheduler: receives its schedule state.
+        config_dict: the run's `TrainConfig.to_dict()`; the checkpoint's must be equal.
+        on_state: called with the whole checkpoint after the rest is restored (strategy state).
 
     Raises:
         TrainingError: the checkpoint was written by a run with another configuration.
@@ -128,6 +139,8 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
+    if on_state is not None:
+        on_state(state)
     logger.info("resumed from %s at step %d", path, state["step"])
     return int(state["step"])
 

@@ -8,6 +8,12 @@ Rank 0 logs every step, checkpoints every `save_every` steps, and measures the v
 real speculative loop every `val_every` steps and at the end; then it writes the draft with
 `save_draft` and adds a "distillation" section (entropy layer choice, losses, τ) to its config.json.
 
+What is trained is a `TrainStrategy`: `DraftStrategy` (one draft, above) or, with
+`TrainConfig.supernet` set, `search.supernet_train.SupernetStrategy` (the DREAM-S supernet: phase 1
+the largest network, phase 2 sandwich-sampled sub-networks; it writes `<out>/supernet`). The loop
+around it (data order, DDP, optimizer and schedule, checkpoints and exact resume, log, validation
+τ, progress bar) is this module's, whatever the strategy.
+
 Launch: `dream-s-edge train ...` on one CPU or GPU; `torchrun --nproc_per_node N -m dream_s_edge.cli
 train ...` on N processes (gloo on CPU, NCCL on GPUs), same code.
 """
@@ -20,6 +26,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -34,16 +41,20 @@ from dream_s_edge.distill.prompts import PromptSpec
 from dream_s_edge.distill.unroll import unrolled_forward
 from dream_s_edge.distill.validate import measure_tau
 from dream_s_edge.draft.checkpoint import CONFIG_FILE, save_draft
-from dream_s_edge.draft.model import DreamDraft
+from dream_s_edge.draft.model import DraftOutput, DreamDraft
 from dream_s_edge.draft.spec import DraftSpec
 from dream_s_edge.generation import TreeOptions
 from dream_s_edge.runners.draft_factory import target_dims
 from dream_s_edge.targets import TargetAdapter, load_target
 from runtime.errors import TrainingError
 
+if TYPE_CHECKING:
+    from search.supernet_train import SupernetOptions
+
 logger = logging.getLogger(__name__)
 
-FROZEN_BUFFERS = ("draft.embed_weight", "draft.lm_head_weight", "draft.draft_head")
+# The target's tensors every draft holds as buffers: frozen, identical on every process, never broadcast.
+SHARED_BUFFERS = ("embed_weight", "lm_head_weight", "draft_head")
 
 
 @dataclass(frozen=True)
@@ -78,12 +89,25 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu" or "cuda"
     halt_after: int | None = None  # leave after this step as if killed (tests, preemptible jobs)
+    supernet: SupernetOptions | None = None  # train a DREAM-S supernet instead of one draft (search/supernet_train.py)
 
     def to_dict(self) -> dict:
         """The fields a resume must match (halt_after is not one of them)."""
         out = asdict(self)
         out.pop("halt_after")
+        if self.supernet is None:  # ordinary runs keep the record they had before supernets existed
+            out.pop("supernet")
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of `to_dict` (a checkpoint's "config")."""
+        values = dict(data)
+        if values.get("supernet") is not None:
+            from search.supernet_train import SupernetOptions
+
+            values["supernet"] = SupernetOptions.from_dict(values["supernet"])
+        return cls(**values)
 
     @property
     def weights(self) -> LossWeights:
@@ -92,6 +116,37 @@ class TrainConfig:
     @property
     def tree(self) -> TreeOptions:
         return TreeOptions(top_k=self.tree_top_k, depth=self.tree_depth, node_budget=self.tree_node_budget)
+
+
+def sequence_losses(outs: list[DraftOutput], ex: TrainingExample, lm_head: torch.Tensor,
+                    d2t: torch.Tensor | None, weights: LossWeights, ttt_decay: float) -> dict[str, torch.Tensor]:
+    """The distillation loss of one sequence over the unrolled steps of the training-time test.
+
+    Args:
+        outs: step 0 .. k outputs over the T' stream tokens (`unrolled_forward`, or one teacher-forced pass).
+        ex: the sequence.
+        lm_head: [V, H_t] the target's LM head.
+        d2t: [V_d] the draft vocabulary's target ids, or None.
+        weights: the λs.
+        ttt_decay: loss weight of unrolled step k is decay**k.
+
+    Returns:
+        {"loss" (with gradient), "kl", "feat", "intermed", "top1", "top1_k<k>"...}.
+    """
+    total = 0.0 * outs[0].features.sum()  # keeps the graph whole when no token counts
+    metrics: dict[str, torch.Tensor] = {}
+    for k, out in enumerate(outs):
+        mask = ex.mask if k == 0 else ex.mask & (ex.positions - k >= ex.answer_start)
+        if not bool(mask.any()):
+            continue
+        terms = distill_losses(out, ex.last, ex.intermed, mask, lm_head, weights, d2t)
+        total = total + ttt_decay**k * terms["loss"]
+        if k == 0:
+            metrics.update({name: terms[name] for name in ("kl", "feat", "intermed", "top1")})
+        else:
+            metrics[f"top1_k{k}"] = terms["top1"]
+    metrics["loss"] = total
+    return metrics
 
 
 class DistillStep(nn.Module):
@@ -105,30 +160,100 @@ class DistillStep(nn.Module):
         self.ttt_decay = ttt_decay
 
     def forward(self, ex: TrainingExample) -> dict[str, torch.Tensor]:
-        """One sequence -> {"loss" (with gradient), "kl", "feat", "intermed", "top1", "kl_k<k>"...}."""
+        """One sequence -> {"loss" (with gradient), "kl", "feat", "intermed", "top1", "top1_k<k>"...}."""
         if self.ttt_steps:
             outs = unrolled_forward(self.draft, ex.embeds, ex.features, ex.positions, self.ttt_steps)
         else:
             outs = [self.draft(ex.embeds, ex.features, ex.positions)]
-        total = 0.0 * outs[0].features.sum()  # keeps the graph whole when no token counts
-        metrics: dict[str, torch.Tensor] = {}
-        for k, out in enumerate(outs):
-            mask = ex.mask if k == 0 else ex.mask & (ex.positions - k >= ex.answer_start)
-            if not bool(mask.any()):
-                continue
-            terms = distill_losses(out, ex.last, ex.intermed, mask, self.draft.lm_head_weight, self.weights,
-                                   self.draft.d2t)
-            total = total + self.ttt_decay**k * terms["loss"]
-            if k == 0:
-                metrics.update({name: terms[name] for name in ("kl", "feat", "intermed", "top1")})
-            else:
-                metrics[f"top1_k{k}"] = terms["top1"]
-        metrics["loss"] = total
-        return metrics
+        return sequence_losses(outs, ex, self.draft.lm_head_weight, self.draft.d2t, self.weights, self.ttt_decay)
+
+
+class TrainStrategy:
+    """What a run trains, and how a sequence becomes a loss; the trainer's loop does the rest.
+
+    Attributes (set by subclasses):
+        model: the module whose parameters are optimised, checkpointed and compared across ranks.
+        module: what DDP wraps; `module(inputs)` -> {"loss" (with gradient), metric tensors...}.
+        output_name: the folder the finished run writes under `--out`.
+    """
+
+    model: nn.Module
+    module: nn.Module
+    output_name: str
+
+    def plan(self, step: int) -> tuple[Any, dict]:
+        """(what `inputs` needs this step, fields for the step's log record); the same on every rank."""
+        return None, {}
+
+    def inputs(self, seq: dict[str, torch.Tensor], plan: Any, device: torch.device, noise: float,
+               generator: torch.Generator) -> Any:
+        """One stored sequence -> the argument of `module`."""
+        raise NotImplementedError
+
+    def after_backward(self, step: int) -> None:
+        """Called once per step after every backward, before clipping and the optimizer step."""
+
+    def at_step(self, done: int, optimizer: torch.optim.Optimizer) -> dict | None:
+        """Called when `done` steps are complete (0: before the first), before that step's checkpoint;
+        returns a log record of what it changed, if anything."""
+        return None
+
+    def state(self) -> dict:
+        """Strategy state a checkpoint must hold beyond the weights (restored by `load_state`)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restores `state` output."""
+
+    def validation_drafts(self) -> list[tuple[str, DreamDraft]]:
+        """(name, draft) pairs whose τ validation measures; the first is the run's main figure."""
+        raise NotImplementedError
+
+    def write(self, folder: Path, record: dict) -> Path:
+        """Writes the trained result to `folder` with the run's record (rank 0 only)."""
+        raise NotImplementedError
+
+
+class DraftStrategy(TrainStrategy):
+    """Ordinary training: one draft of the configured preset."""
+
+    output_name = "draft"
+
+    def __init__(self, config: TrainConfig, adapter: TargetAdapter, data: DistillDataset):
+        self.config = config
+        self.draft = build_draft(adapter, config)
+        self.model = self.draft
+        self.module = DistillStep(self.draft, config.weights, config.ttt_steps, config.ttt_decay)
+
+    def inputs(self, seq, plan, device, noise, generator) -> TrainingExample:
+        return training_example(seq, self.draft.spec, device, noise, generator)
+
+    def validation_drafts(self) -> list[tuple[str, DreamDraft]]:
+        return [("draft", self.draft)]
+
+    def write(self, folder: Path, record: dict) -> Path:
+        save_draft(folder, self.draft, self.draft.spec, target_name=self.config.model)
+        path = folder / CONFIG_FILE
+        saved = json.loads(path.read_text())
+        saved["distillation"] = record
+        path.write_text(json.dumps(saved, indent=2) + "\n")
+        return folder
+
+
+def make_strategy(config: TrainConfig, adapter: TargetAdapter, data: DistillDataset) -> TrainStrategy:
+    """The strategy `config` asks for (a supernet when `config.supernet` is set)."""
+    if config.supernet is None:
+        return DraftStrategy(config, adapter, data)
+    from search.supernet_train import SupernetStrategy
+
+    return SupernetStrategy(config, adapter, data)
 
 
 def train_draft(config: TrainConfig) -> Path:
     """Trains (or resumes) a draft; returns `<out>/draft` (or `<out>` when `halt_after` stopped it).
+
+    With `config.supernet` set it trains a DREAM-S supernet and returns `<out>/supernet` (the folder
+    `dream-s-edge search --supernet` reads).
 
     Raises:
         TrainingError: data and target disagree, a checkpoint of another configuration, a
@@ -147,63 +272,77 @@ def _train(config: TrainConfig, procs: ts.Processes) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = DistillDataset(config.data_dir)
     adapter = _load_target(config, data.manifest, procs.device)
-    draft = build_draft(adapter, config)
-    module = DistillStep(draft, config.weights, config.ttt_steps, config.ttt_decay)
-    wrapped = _wrap(module, procs)
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=config.lr, betas=(0.9, 0.95),
+    strategy = make_strategy(config, adapter, data)
+    wrapped = _wrap(strategy.module, procs)
+    optimizer = torch.optim.AdamW(strategy.model.parameters(), lr=config.lr, betas=(0.9, 0.95),
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, ts.lr_lambda(config.warmup, config.steps))
-    start = ts.load_checkpoint(out, draft, optimizer, scheduler, config.to_dict())
+    start = ts.load_checkpoint(out, strategy.model, optimizer, scheduler, config.to_dict(),
+                               on_state=lambda state: strategy.load_state(state.get("strategy", {})))
     if procs.is_main:
         ts.trim_log(out, start)
     heldout = [PromptSpec.from_dict(p) for p in data.manifest["heldout"][: config.val_prompts]]
+    if start == 0:
+        _at_step(procs, strategy, optimizer, out, 0)
     if config.val_initial and start == 0:
-        _validate(config, procs, adapter, draft, heldout, out, step=0)
+        _validate(config, procs, adapter, strategy, heldout, out, step=0)
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=not procs.is_main)
     for step in bar:
-        record = _train_step(config, procs, data, wrapped, draft, optimizer, scheduler, step)
+        record = _train_step(config, procs, data, wrapped, strategy, optimizer, scheduler, step)
         done = step + 1
         if procs.is_main:
             ts.append_log(out, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", kl=f"{record['kl']:.3f}", top1=f"{record['top1']:.2f}")
+        _at_step(procs, strategy, optimizer, out, done)
         if done % config.save_every == 0 or done == config.steps:
             if procs.is_main:
-                ts.save_checkpoint(out, draft, optimizer, scheduler, done, {"config": config.to_dict()})
+                ts.save_checkpoint(out, strategy.model, optimizer, scheduler, done,
+                                   {"config": config.to_dict(), "strategy": strategy.state()})
             ts.barrier(procs)
         if config.val_every and done % config.val_every == 0 and done != config.steps:
-            _validate(config, procs, adapter, draft, heldout, out, step=done)
+            _validate(config, procs, adapter, strategy, heldout, out, step=done)
         if config.halt_after == done:
             bar.close()
             return out
     bar.close()
-    val = _validate(config, procs, adapter, draft, heldout, out, step=config.steps)
-    return _finish(config, procs, draft, data.manifest, val, out)
+    val = _validate(config, procs, adapter, strategy, heldout, out, step=config.steps)
+    return _finish(config, procs, strategy, data.manifest, val, out)
 
 
-def _train_step(config, procs, data, wrapped, draft, optimizer, scheduler, step: int) -> dict:
+def _at_step(procs, strategy: TrainStrategy, optimizer, out: Path, done: int) -> None:
+    """Runs the strategy's step-boundary hook (every rank) and logs what it changed (rank 0)."""
+    record = strategy.at_step(done, optimizer)
+    if record is not None and procs.is_main:
+        ts.append_log(out, record)
+        logger.info("step %d: %s", done, record)
+
+
+def _train_step(config, procs, data, wrapped, strategy: TrainStrategy, optimizer, scheduler, step: int) -> dict:
     """One optimizer step over `grad_accum` sequences per process; returns the step's log record."""
     generator = ts.step_generator(config.seed, step, procs.rank)
+    plan, plan_log = strategy.plan(step)
     indices = rank_indices(len(data), config.seed, procs.rank, procs.world, step * config.grad_accum,
                            config.grad_accum)
     sums: dict[str, float] = {}
     for i, index in enumerate(indices):
-        ex = training_example(data[index], draft.spec, procs.device, config.feature_noise, generator)
+        inputs = strategy.inputs(data[index], plan, procs.device, config.feature_noise, generator)
         last = i == len(indices) - 1
         sync = contextlib.nullcontext() if last or procs.world == 1 else wrapped.no_sync()
         with sync:
-            terms = wrapped(ex)
+            terms = wrapped(inputs)
             (terms["loss"] / len(indices)).backward()
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach()) / len(indices)
     if not math.isfinite(sums["loss"]):
         raise TrainingError("The training loss is not finite.", f"step {step}, terms {sums}",
                             "lower --lr or check the data folder")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(draft.parameters(), config.clip))
+    strategy.after_backward(step)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), config.clip))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"step": step + 1, **{k: round(v, 6) for k, v in sums.items()}, "grad_norm": round(grad_norm, 5),
-            "lr": scheduler.get_last_lr()[0]}
+    return {"step": step + 1, **plan_log, **{k: round(v, 6) for k, v in sums.items()},
+            "grad_norm": round(grad_norm, 5), "lr": scheduler.get_last_lr()[0]}
 
 
 def _load_target(config: TrainConfig, manifest: dict, device: torch.device) -> TargetAdapter:
@@ -235,59 +374,70 @@ def build_draft(adapter: TargetAdapter, config: TrainConfig) -> DreamDraft:
     return draft.to(adapter.device)
 
 
-def _wrap(module: DistillStep, procs: ts.Processes) -> nn.Module:
+def _wrap(module: nn.Module, procs: ts.Processes) -> nn.Module:
     """DDP over processes (gradient averaging in backward); the module itself for one process."""
     if procs.world == 1:
         return module
     # The shared target weights are frozen and identical everywhere: never broadcast them.
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(FROZEN_BUFFERS))
+    shared = [name for name, _ in module.named_buffers() if name.rsplit(".", 1)[-1] in SHARED_BUFFERS]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, shared)
     device_ids = [procs.device.index] if procs.device.type == "cuda" else None
+    # Unused parameters: a sub-network leaves blocks and branches out; a draft may leave a path unused.
     return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False,
                                    find_unused_parameters=True)
 
 
-def _validate(config, procs, adapter, draft, heldout, out: Path, step: int) -> dict | None:
-    """Rank 0 measures τ on the held-out prompts and logs it; the others wait."""
-    val = None
+def _validate(config, procs, adapter, strategy: TrainStrategy, heldout, out: Path, step: int) -> dict | None:
+    """Rank 0 measures τ of the strategy's drafts on the held-out prompts and logs it; the others wait.
+
+    Returns:
+        None off rank 0 or without held-out prompts, else {draft name: `measure_tau` result}.
+    """
+    vals = None
     if procs.is_main and heldout:
-        val = measure_tau(adapter, draft, heldout, config.tree, config.val_max_new_tokens)
-        draft.train()
-        ts.append_log(out, {"step": step, "val_tau": val["tau"], "val_accept_counts": val["accept_counts"]})
-        logger.info("step %d: validation tau %.3f", step, val["tau"])
+        vals = {}
+        for name, draft in strategy.validation_drafts():
+            vals[name] = measure_tau(adapter, draft, heldout, config.tree, config.val_max_new_tokens)
+            draft.train()
+        (_, first), *others = vals.items()
+        ts.append_log(out, {"step": step, "val_tau": first["tau"], "val_accept_counts": first["accept_counts"],
+                            **{f"val_tau_{name}": val["tau"] for name, val in others}})
+        logger.info("step %d: validation tau %s", step, {name: round(v["tau"], 3) for name, v in vals.items()})
     ts.barrier(procs)
-    return val
+    return vals
 
 
-def _finish(config, procs, draft: DreamDraft, manifest: dict, val: dict | None, out: Path) -> Path:
-    """Checks the processes agree, then rank 0 writes the draft and its distillation record."""
-    digests = ts.gather_digests(procs, ts.parameter_digest(draft))
+def _finish(config, procs, strategy: TrainStrategy, manifest: dict, vals: dict | None, out: Path) -> Path:
+    """Checks the processes agree, then rank 0 writes the result and its distillation record."""
+    digests = ts.gather_digests(procs, ts.parameter_digest(strategy.model))
     if max(digests) - min(digests) > 1e-6 * max(1.0, abs(digests[0])):
         raise TrainingError("Training processes ended with different weights.", f"digests {digests}")
-    folder = out / "draft"
+    folder = out / strategy.output_name
     if procs.is_main:
-        save_draft(folder, draft, draft.spec, target_name=config.model)
-        path = folder / CONFIG_FILE
-        record = json.loads(path.read_text())
-        record["distillation"] = {
+        record = {
             "layer_selection": manifest.get("layer_selection"),
             "data": {"folder": str(Path(config.data_dir).resolve()), "sequences": len(DistillDataset(config.data_dir))},
             "train_config": config.to_dict(),
             "world_size": procs.world,
             "rank_digests": digests,
-            "validation": val,
+            "validation": next(iter(vals.values())) if vals else None,
         }
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        if vals and len(vals) > 1:
+            record["validation_by_draft"] = vals
+        strategy.write(folder, record)
         ts.plot_log(out)
     ts.barrier(procs)
     return folder
 
 
 def draft_from_checkpoint(run_dir, out_dir=None) -> Path:
-    """Writes the draft of a run's last checkpoint as a draft folder (a stopped or unfinished run).
+    """Writes the result of a run's last checkpoint (a stopped or unfinished run).
+
+    A draft run gives a draft folder; a supernet run (`train --supernet`) a supernet folder.
 
     Args:
         run_dir: the run's `--out` folder.
-        out_dir: where to write (default `<run>/draft-step<N>`).
+        out_dir: where to write (default `<run>/draft-step<N>`, or `<run>/supernet-step<N>`).
 
     Raises:
         TrainingError: the run has no checkpoint.
@@ -297,15 +447,13 @@ def draft_from_checkpoint(run_dir, out_dir=None) -> Path:
     if not path.is_file():
         raise TrainingError(f"No checkpoint in {run}.", hint="train with `dream-s-edge train` first")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    config = TrainConfig(**state["config"])
+    config = TrainConfig.from_dict(state["config"])
     data = DistillDataset(config.data_dir)
     adapter = _load_target(config, data.manifest, torch.device("cpu"))
-    draft = build_draft(adapter, config)
-    draft.load_state_dict(state["model"])
-    folder = Path(out_dir) if out_dir is not None else run / f"draft-step{state['step']}"
-    save_draft(folder, draft, draft.spec, target_name=config.model)
-    record = json.loads((folder / CONFIG_FILE).read_text())
-    record["distillation"] = {"layer_selection": data.manifest.get("layer_selection"), "step": state["step"],
-                              "train_config": config.to_dict(), "from_checkpoint": str(path)}
-    (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return folder
+    strategy = make_strategy(config, adapter, data)
+    strategy.model.load_state_dict(state["model"])
+    strategy.load_state(state.get("strategy", {}))
+    folder = Path(out_dir) if out_dir is not None else run / f"{strategy.output_name}-step{state['step']}"
+    record = {"layer_selection": data.manifest.get("layer_selection"), "step": state["step"],
+              "train_config": config.to_dict(), "from_checkpoint": str(path)}
+    return strategy.write(folder, record)

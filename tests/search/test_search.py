@@ -127,7 +127,8 @@ def test_search_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
                      "--vocab-sizes", "full,8192", "--max-params", "1000"])
     config = seen["config"]
     assert code == 0 and config.num_layers == (1, 3) and config.draft_vocab_sizes == (None, 8192)
-    assert config.max_params == 1000 and config.head_ratios == (0.25, 0.5, 0.75, 1.0)
+    assert config.max_params == 1000 and config.head_ratios == ()  # (): the supernet's training space
+    assert config.injection_layers is None
 
 
 def test_rank_correlation() -> None:

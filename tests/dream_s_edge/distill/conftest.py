@@ -46,3 +46,16 @@ def tiny_data_dir(tiny_target_dir, tmp_path_factory) -> Path:
                                                   model=str(tiny_target_dir), **TINY_DATA))
     torch.set_num_threads(before)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_supernet_data_dir(tiny_target_dir, tmp_path_factory) -> Path:
+    """TINY_DATA plus the tiny target's hidden state 1 (both layers are injection candidates)."""
+    from dream_s_edge.distill import DistillDataConfig, build_distill_data
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = build_distill_data(DistillDataConfig(out_dir=str(tmp_path_factory.mktemp("supernet-data")),
+                                                  model=str(tiny_target_dir), extra_layers=(1,), **TINY_DATA))
+    torch.set_num_threads(before)
+    return folder

@@ -71,3 +71,14 @@ def test_rank_indices_split_epochs():
     two = [rank_indices(10, 0, r, 2, 0, 5) for r in range(2)]
     assert sorted(two[0] + two[1]) == list(range(10))  # one epoch, no sequence on both ranks
     assert rank_indices(10, 0, 1, 2, 3, 4) == rank_indices(10, 0, 1, 2, 0, 7)[3:]  # pure in the sample index
+
+
+def test_batched_generation_gives_the_same_greedy_answers(tiny_target_dir, tiny_data_dir, tiny_data_settings, tmp_path):
+    """generate_batch > 1 (HF generate, left-padded, image and text prompts mixed in one chunk) stores
+    the same greedy answers as the one-at-a-time loop."""
+    settings = {**tiny_data_settings, "generate_batch": 4}
+    build_distill_data(DistillDataConfig(out_dir=str(tmp_path / "b"), model=str(tiny_target_dir), **settings))
+    one, batched = _all_tensors(tiny_data_dir), _all_tensors(tmp_path / "b")
+    ids = sorted(k for k in one if k.endswith(".input_ids"))
+    assert ids and ids == sorted(k for k in batched if k.endswith(".input_ids"))
+    assert all(torch.equal(one[k], batched[k]) for k in ids)
