@@ -155,12 +155,24 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+def _word_anchor(row: int, image_size: int) -> tuple[ImageFont.FreeTypeFont, float, float]:
+    """Font and centre (x, y) of a word written across grid row `row`."""
+    step = image_size / GRID
+    return _font(int(step * 0.55)), image_size / 2, (row + 0.5) * step
+
+
 def _draw_word(draw: ImageDraw.ImageDraw, word: str, row: int, image_size: int) -> None:
     """Writes the word in black, centred in its grid row."""
-    step = image_size / GRID
-    font = _font(int(step * 0.55))
-    x, y = image_size / 2, (row + 0.5) * step
+    font, x, y = _word_anchor(row, image_size)
     draw.text((x, y), word.upper(), fill=(0, 0, 0), font=font, anchor="mm")
+
+
+def word_box(scene: Scene) -> tuple[float, float, float, float]:
+    """Pixel box (left, top, right, bottom) of the scene's written word; the scene must have one."""
+    assert scene.word, "the scene has no written word"
+    font, x, y = _word_anchor(scene.word_row, scene.image_size)
+    left, top, right, bottom = font.getbbox(scene.word.upper(), anchor="mm")
+    return x + left, y + top, x + right, y + bottom
 
 
 def object_count(scene: Scene) -> int:

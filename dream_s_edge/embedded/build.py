@@ -71,35 +71,39 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "dream-s-edge"
 
 
-def _build_key(vision: EmbeddedVisionSpec) -> str:
+def _build_key(vision: EmbeddedVisionSpec, trained: bool) -> str:
     """A short hash of everything the converted folder depends on."""
     digest = hashlib.sha256(json.dumps(asdict(vision), sort_keys=True).encode())
     digest.update(str(FORMAT_VERSION).encode())
     digest.update(smollm2_gguf_path().name.encode())
-    if VISION_ASSET.exists():
+    if trained and VISION_ASSET.exists():
         digest.update(VISION_ASSET.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def default_target_dir(vision: EmbeddedVisionSpec = EmbeddedVisionSpec()) -> Path:
+def default_target_dir(vision: EmbeddedVisionSpec = EmbeddedVisionSpec(), trained: bool = True) -> Path:
     """Where the converted default target lives (it may not exist yet)."""
-    return cache_root() / f"default-target-{_build_key(vision)}"
+    stem = "default-target" if trained and VISION_ASSET.exists() else "default-target-base"
+    return cache_root() / f"{stem}-{_build_key(vision, trained)}"
 
 
-def ensure_default_target(vision: EmbeddedVisionSpec = EmbeddedVisionSpec()) -> Path:
+def ensure_default_target(vision: EmbeddedVisionSpec = EmbeddedVisionSpec(), trained: bool = True) -> Path:
     """Returns the default target's folder, converting it from the GGUF first if needed.
+
+    `trained=False` gives the base conversion: SmolLM2 as released and the seeded untrained vision
+    tower, ignoring the shipped asset. Vision training starts from it and evaluation compares with it.
 
     The folder is written to a temporary sibling and renamed into place, so an interrupted
     conversion never leaves a half-written model behind.
     """
-    folder = default_target_dir(vision)
+    folder = default_target_dir(vision, trained)
     if (folder / "config.json").exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     logger.info("Converting SmolLM2-135M-Instruct into the default VLM at %s (once)", folder)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
-        _convert(tmp, vision)
+        _convert(tmp, vision, trained)
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: keep its folder
@@ -110,14 +114,16 @@ def ensure_default_target(vision: EmbeddedVisionSpec = EmbeddedVisionSpec()) -> 
     return folder
 
 
-def _convert(out: Path, vision: EmbeddedVisionSpec) -> None:
+def _convert(out: Path, vision: EmbeddedVisionSpec, trained: bool) -> None:
     """Writes the Idefics3 model, tokenizer and processor into `out`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Idefics3Processor
 
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    language_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    language_model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     processor = Idefics3Processor(
         image_processor=_image_processor(vision),
         tokenizer=tokenizer,  # the processor adds <image> and <fake_token_around_image>
@@ -125,12 +131,16 @@ def _convert(out: Path, vision: EmbeddedVisionSpec) -> None:
         chat_template=CHAT_TEMPLATE,
     )
     model = _assemble(language_model, len(tokenizer), processor.image_token_id, vision)
+    if trained:
+        _load_vision_asset(model)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = model.generation_config.eos_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "dream_s_edge.json").write_text(
-        json.dumps({"format_version": FORMAT_VERSION, "vision": asdict(vision), "source": gguf.name}, indent=2)
+        json.dumps(
+            {"format_version": FORMAT_VERSION, "vision": asdict(vision), "source": gguf.name}, indent=2
+        )
     )
 
 
@@ -177,12 +187,12 @@ def _assemble(language_model, vocab_size: int, image_token_id: int, vision: Embe
         if name.startswith("model.")
     }
     model.model.text_model.load_state_dict(text_weights, strict=True)
-    _load_vision_asset(model)
     return model.eval()
 
 
 def _load_vision_asset(model) -> None:
-    """Loads the shipped trained vision tower, connector and image-token embeddings, if present."""
+    """Loads the shipped trained vision tower and connector, and merges the asset's LoRA adapters into
+    the language model, if the package ships the asset."""
     if not VISION_ASSET.exists():
         logger.warning(
             "No trained vision weights ship with this package (%s): the default target's vision "
@@ -192,8 +202,16 @@ def _load_vision_asset(model) -> None:
         return
     from safetensors.torch import load_file
 
-    weights = load_file(str(VISION_ASSET))
+    from dream_s_edge.vision_training.lora import merge_lora, split_lora
+
+    weights, lora = split_lora(load_file(str(VISION_ASSET)))
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        merged = merge_lora(model, lora)
+    except AttributeError as e:
+        unexpected = [*unexpected, str(e)]
+    else:
+        logger.info("Merged %d LoRA projections of the shipped asset into the language model", merged)
     if unexpected:
         raise ModelLoadError(
             f"The shipped vision weights {VISION_ASSET.name} hold tensors the model lacks.",

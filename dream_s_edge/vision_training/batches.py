@@ -27,30 +27,42 @@ def train_indices(config, step: int) -> list[int]:
     return [(base + local * size + j) % SPLIT_STRIDE for j in range(size)]
 
 
-def probe_batch(indices: list[int], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 1 batch: pixels [B, 3, H, W] and attribute targets [B, S]."""
+def probe_batch(indices: list[int], image_size: int, visual_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1 batch: pixels [B, 3, H, W] and per-token targets [B, Tv, G] (probe.scene_targets)."""
     samples = [make_sample("train", i, image_size) for i in indices]
     return pixel_values([s.image for s in samples], image_size), torch.stack(
-        [scene_targets(s.scene) for s in samples]
+        [scene_targets(s.scene, visual_tokens) for s in samples]
     )
 
 
-def pick_turns(sample, k: int) -> list[tuple[str, str]]:
+CAPTION_QUESTION = "Describe the image in one sentence."
+
+
+def pick_turns(sample, k: int, caption_prob: float = 0.0) -> list[tuple[str, str]]:
     """Up to `k` of the sample's questions in a seeded order, the word question first when there is one
-    (it is the rarest and hardest type)."""
-    order = np.random.default_rng(sample.seed).permutation(len(sample.questions))
+    (it is the rarest and hardest type); then, for a seeded `caption_prob` share of the images, a turn
+    asking for the caption (dense supervision: every object's size, colour and shape, and the count)."""
+    rng = np.random.default_rng(sample.seed)
+    order = rng.permutation(len(sample.questions))
     qas = sorted((sample.questions[i] for i in order), key=lambda qa: qa.qtype != "word")
-    return [(qa.question, qa.answer) for qa in qas[:k]]
+    turns = [(qa.question, qa.answer) for qa in qas[:k]]
+    if rng.random() < caption_prob:
+        turns.append((CAPTION_QUESTION, sample.caption))
+    return turns
 
 
-def qa_batch(indices: list[int], layout: ChatLayout, tokenizer, image_size: int, k: int):
+def qa_batch(
+    indices: list[int], layout: ChatLayout, tokenizer, image_size: int, k: int, caption_prob: float = 0.0
+):
     """Stage 2 batch: pixels [B, 3, H, W], input_ids [B, T] and labels [B, T] with k turns per image."""
     samples = [make_sample("train", i, image_size) for i in indices]
-    rows = [encode_turns(layout, tokenizer, pick_turns(s, k)) for s in samples]
+    rows = [encode_turns(layout, tokenizer, pick_turns(s, k, caption_prob)) for s in samples]
     return (pixel_values([s.image for s in samples], image_size), *collate(rows, layout.pad))
 
 
-def val_batches(size: int, batch: int, layout: ChatLayout, tokenizer, image_size: int) -> list[tuple]:
+def val_batches(
+    size: int, batch: int, layout: ChatLayout, tokenizer, image_size: int, visual_tokens: int
+) -> list[tuple]:
     """The fixed validation set: `size` one-question samples, types cycling through QUESTION_TYPES.
 
     Each batch is (pixels, input_ids, labels, scene targets, question types).
@@ -63,7 +75,7 @@ def val_batches(size: int, batch: int, layout: ChatLayout, tokenizer, image_size
             for s in samples
         ]
         pixels = pixel_values([s.image for s in samples], image_size)
-        targets = torch.stack([scene_targets(s.scene) for s in samples])
+        targets = torch.stack([scene_targets(s.scene, visual_tokens) for s in samples])
         out.append((pixels, *collate(rows, layout.pad), targets, [s.questions[0].qtype for s in samples]))
     return out
 

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from runtime.errors import TrainingError
 
 # Fields that change what a step computes: a checkpoint only resumes a run that agrees on them.
-SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size", "questions_per_image")
+SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size", "questions_per_image",
+                   "caption_prob", "lora_rank")  # fmt: skip
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -74,18 +75,24 @@ def write_asset(path: Path, tensors: dict[str, torch.Tensor], config) -> None:
 MODEL_CARD = """# Model card: the embedded default target's vision tower
 
 `default_vision.safetensors` holds the vision tower (SigLIP-style, {tower}) and the pixel-shuffle
-connector of the embedded default target, whose language model is SmolLM2-135M-Instruct. The language
-model stays frozen and is not in this file; {n_tensors} tensors, {n_params:,} parameters.
+connector of the embedded default target, whose language model is SmolLM2-135M-Instruct, plus rank-
+{lora_rank} LoRA adapters on the language model's query and value projections (`lora.*` tensors; the
+default target's build merges them into the dense weights once). {n_tensors} tensors,
+{n_params:,} parameters.
 
 ## Training
 
 - Data: procedural scene QA (`dream_s_edge/data/`): shapes, colours, sizes, grid positions, a written
   word, plain / noisy / textured backgrounds. Questions: {qtypes}. Train, validation and test splits
   are disjoint by seed.
-- Stage 1 ({probe_steps} steps, batch {probe_batch}): tower and connector with attribute heads
-  (count, shape and colour per cell, word), no language model.
-- Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions): through the frozen language
-  model, cross-entropy on the answer tokens and their closing `<|im_end|>` only.
+- Stage 1 ({probe_steps} steps, batch {probe_batch}): tower and connector only, no language model.
+  Every visual token is pushed (cosine, learned temperature) towards the language model's own input
+  embeddings of the words that describe it: the colour and shape of the object under it, the written
+  word under it, its row (top / center / bottom) and column (left / center / right), and, through the
+  mean token, the object count.
+- Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions, a caption turn for
+  {caption_pct}% of the images): through the language model (frozen but for the LoRA adapters),
+  cross-entropy on the answer tokens and their closing `<|im_end|>` only.
 - Seed {seed}. The untrained tower it starts from is the embedded build's seeded initialisation.
 
 ## Reproduce
@@ -103,7 +110,8 @@ dream-s-edge target eval
 ## Limits
 
 The tower has only seen synthetic scenes: on photographs the language model still answers fluently,
-but no accuracy is claimed for them.
+but no accuracy is claimed for them. The LoRA adapters change the language model slightly, so the
+default target's text-only answers are close to, not identical with, SmolLM2-135M-Instruct's.
 """
 
 
@@ -117,6 +125,8 @@ def write_model_card(path: Path, config, tensors: dict[str, torch.Tensor], tower
         n_params=sum(t.numel() for t in tensors.values()),
         qtypes=", ".join(QUESTION_TYPES),
         qpi=config.questions_per_image,
+        lora_rank=config.lora_rank,
+        caption_pct=round(100 * config.caption_prob),
         command=command,
         **{k: getattr(config, k) for k in ("probe_steps", "probe_batch", "lm_steps", "batch_size", "seed")},
     )

@@ -21,13 +21,17 @@ class VisionTrainConfig:
     # default target (and its MODEL_CARD.md), else out_dir/vision.safetensors
     seed: int = 0  # data order: sample indices are a function of (seed, step) only
     init_seed: int | None = None  # seeds the untrained tower; None = the embedded target's own seed
-    probe_steps: int = 360  # stage 1 steps (vision tower + attribute heads, no language model)
+    probe_steps: int = 1200  # stage 1 steps (vision tower + lexical heads, no language model)
     probe_batch: int = 32
     probe_lr: float = 1e-3
-    lm_steps: int = 840  # stage 2 steps (through the frozen language model)
+    lm_steps: int = 640  # stage 2 steps (through the language model, frozen but for LoRA)
     batch_size: int = 8  # images per stage 2 step
     questions_per_image: int = 3  # stage 2 packs this many QA turns per image (one forward)
     lr: float = 3e-4  # stage 2 peak learning rate
+    caption_prob: float = 0.5  # share of stage 2 images that also get a caption turn (dense supervision)
+    lora_rank: int = 8  # LoRA rank on the language model's q/v projections in stage 2; 0 = frozen LM
+    lora_alpha: float = 16.0
+    lora_lr_scale: float = 1.0  # the adapters' learning rate relative to `lr`
     warmup: int = 20  # linear warm-up steps at the start of each stage
     val_size: int = 40  # held-out questions scored during training
     eval_every: int = 50  # steps between validation scores

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dream_s_edge.vision_training.lora import merge_lora, split_lora
 from dream_s_edge.vision_training.sequences import IGNORE
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def load_target(model_dir: str | None, device: torch.device):
     if model_dir is None:
         from dream_s_edge.embedded import ensure_default_target
 
-        folder = ensure_default_target()
+        folder = ensure_default_target(trained=False)  # SmolLM2 as released, tower untrained
     else:
         folder = Path(model_dir)
     model = Idefics3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).to(device)
@@ -68,10 +69,15 @@ def trained_state(model) -> dict[str, torch.Tensor]:
 
 
 def load_trained(model, tensors: dict[str, torch.Tensor]) -> None:
-    """Loads vision tensors into the model; every tensor must belong to the vision side."""
-    missing = [k for k in tensors if not k.startswith(TRAINED_PREFIXES)]
+    """Loads vision tensors into the model and merges LoRA pairs (`lora.*`) into its language model.
+
+    Merging adds to the dense weights, so load an asset with LoRA pairs into a base model only once.
+    """
+    plain, lora = split_lora(tensors)
+    missing = [k for k in plain if not k.startswith(TRAINED_PREFIXES)]
     assert not missing, f"not vision tensors: {missing[:3]}"
-    model.load_state_dict(tensors, strict=False)
+    model.load_state_dict(plain, strict=False)
+    merge_lora(model, lora)
 
 
 class VisionQA(nn.Module):
@@ -80,6 +86,7 @@ class VisionQA(nn.Module):
     def __init__(self, model, prefix: tuple[int, ...], image_token_id: int):
         super().__init__()
         self.model = model
+        self.refresh_prefix = False  # set when the language model trains (LoRA): re-run the prefix
         self.image_token_id = image_token_id
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(TRAINED_PREFIXES))
@@ -99,7 +106,7 @@ class VisionQA(nn.Module):
         """A fresh cache holding the constant prefix, expanded to the batch (no copy)."""
         from transformers import DynamicCache
 
-        if self._prefix_kv is None:
+        if self._prefix_kv is None or self.refresh_prefix:
             out = self.model.model.text_model(input_ids=self.prefix, use_cache=True)
             self._prefix_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         return DynamicCache(

@@ -26,6 +26,7 @@ from dream_s_edge.vision_training.checkpoint import (
     write_model_card,
 )
 from dream_s_edge.vision_training.config import VisionTrainConfig
+from dream_s_edge.vision_training.lora import attach_lora, load_lora_tensors, lora_tensors, split_lora
 from dream_s_edge.vision_training.model import (
     VisionQA,
     load_target,
@@ -34,7 +35,7 @@ from dream_s_edge.vision_training.model import (
     trained_state,
     untrained_state,
 )
-from dream_s_edge.vision_training.probe import ProbeHead, probe_loss, scale_loss
+from dream_s_edge.vision_training.probe import LexicalHead, probe_loss, scale_loss
 from dream_s_edge.vision_training.sequences import IGNORE, chat_layout
 
 logger = logging.getLogger(__name__)
@@ -68,13 +69,25 @@ class _Run:
         self.layout = chat_layout(self.processor)
         self.vqa = VisionQA(model, self.layout.prefix, self.processor.image_token_id).to(self.device)
         self.image_size = model.config.vision_config.image_size
+        self.visual_tokens = self.processor.image_seq_len
         torch.manual_seed(config.seed)
-        dim = model.config.text_config.hidden_size
-        self.head = ProbeHead(self.processor.image_seq_len, dim).to(self.device)
-        self.embed_rms = model.model.text_model.get_input_embeddings().weight.pow(2).mean().sqrt().item()
+        self.lora = {}
+        if config.lora_rank:
+            self.lora = attach_lora(
+                model.model.text_model, config.lora_rank, config.lora_alpha, "model.text_model."
+            )
+            self.vqa.refresh_prefix = True
+        embeddings = model.model.text_model.get_input_embeddings().weight
+        self.head = LexicalHead(embeddings, self.processor.tokenizer).to(self.device)
+        self.embed_rms = embeddings.pow(2).mean().sqrt().item()
         self.step, self.stage, self.optimizer = 0, 0, None
         self.val = batches.val_batches(
-            config.val_size, config.batch_size, self.layout, self.processor.tokenizer, self.image_size
+            config.val_size,
+            config.batch_size,
+            self.layout,
+            self.processor.tokenizer,
+            self.image_size,
+            self.visual_tokens,
         )
         self.ckpt_path = Path(config.out_dir) / "checkpoint.pt"
 
@@ -86,14 +99,19 @@ class _Run:
         stage = self.stage_of(self.step)
         if stage == self.stage:
             return
-        params = self.vqa.trainable_parameters() + (list(self.head.parameters()) if stage == 1 else [])
+        lora = {id(p) for a in self.lora.values() for p in (a.A, a.B)}
+        vision = [p for p in self.vqa.trainable_parameters() if id(p) not in lora]
+        params = vision + (list(self.head.parameters()) if stage == 1 else [])
+        if stage == 2 and self.lora:  # the adapters join in stage 2, at their own learning rate
+            adapters = [p for a in self.lora.values() for p in (a.A, a.B)]
+            params = [{"params": params}, {"params": adapters, "lr_scale": self.config.lora_lr_scale}]
         self.optimizer = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)
         self.stage = stage
 
     def state(self) -> dict:
         return {
             "step": self.step,
-            "trained": trained_state(self.vqa.model),
+            "trained": {**trained_state(self.vqa.model), **lora_tensors(self.lora)},
             "head": self.head.state_dict(),
             "optimizer_stage": self.stage,
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
@@ -103,7 +121,9 @@ class _Run:
 
     def restore(self, state: dict) -> None:
         self.step = state["step"]
-        load_trained(self.vqa.model, {k: v.to(self.device) for k, v in state["trained"].items()})
+        plain, lora = split_lora(state["trained"])
+        load_trained(self.vqa.model, {k: v.to(self.device) for k, v in plain.items()})
+        load_lora_tensors(self.lora, lora)
         self.head.load_state_dict(state["head"])
         self.ensure_optimizer()
         if state["optimizer"] is not None and state["optimizer_stage"] == self.stage:
@@ -115,7 +135,7 @@ class _Run:
         cfg, indices = self.config, batches.train_indices(self.config, self.step)
         self.ensure_optimizer()
         if self.stage == 1:
-            pixels, targets = batches.probe_batch(indices, self.image_size)
+            pixels, targets = batches.probe_batch(indices, self.image_size, self.visual_tokens)
             visual = self.vqa.visual_tokens(pixels.to(self.device))
             loss = probe_loss(self.head(visual), targets.to(self.device))[0] + scale_loss(
                 visual, self.embed_rms
@@ -123,12 +143,17 @@ class _Run:
             local, steps, peak = self.step, cfg.probe_steps, cfg.probe_lr
         else:
             batch = batches.qa_batch(
-                indices, self.layout, self.processor.tokenizer, self.image_size, cfg.questions_per_image
+                indices,
+                self.layout,
+                self.processor.tokenizer,
+                self.image_size,
+                cfg.questions_per_image,
+                cfg.caption_prob,
             )
             loss = self.vqa(*(t.to(self.device) for t in batch))[0]
             local, steps, peak = self.step - cfg.probe_steps, cfg.lm_steps, cfg.lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(local, steps, peak, cfg.warmup)
+            group["lr"] = lr_at(local, steps, peak, cfg.warmup) * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
@@ -203,7 +228,7 @@ def _export(run: _Run) -> Path:
     """Writes the trained tensors (and, for the package asset, the model card)."""
     from dream_s_edge.embedded.build import VISION_ASSET
 
-    config, tensors = run.config, trained_state(run.vqa.model)
+    config, tensors = run.config, {**trained_state(run.vqa.model), **lora_tensors(run.lora)}
     ship = config.asset_path is None and config.model_dir is None
     path = VISION_ASSET if ship else Path(config.asset_path or Path(config.out_dir) / "vision.safetensors")
     write_asset(path, tensors, config)

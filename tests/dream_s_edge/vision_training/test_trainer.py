@@ -31,10 +31,45 @@ def test_resume_after_kill_is_bit_identical(tiny_target, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_training_changes_only_vision_tensors(tiny_target, tmp_path):
+def test_training_changes_only_vision_tensors_and_adapters(tiny_target, tmp_path):
     path = train_vision(replace(_config(tiny_target, tmp_path), probe_steps=1, lm_steps=1))
     names = load_file(str(path)).keys()
-    assert names and all(n.startswith(("model.vision_model.", "model.connector.")) for n in names)
+    assert any(n.startswith("model.vision_model.") for n in names)
+    assert any(n.startswith("lora.model.text_model.layers.0.self_attn.q_proj") for n in names)
+    assert all(n.startswith(("model.vision_model.", "model.connector.", "lora.")) for n in names)
+    frozen = replace(_config(tiny_target, tmp_path / "frozen"), probe_steps=1, lm_steps=1, lora_rank=0)
+    assert all(not n.startswith("lora.") for n in load_file(str(train_vision(frozen))))
+
+
+def test_shipped_tensors_reproduce_the_trained_model(tiny_target, tmp_path):
+    """The asset merged into a fresh base model (what the default target's build does) scores answers
+    exactly as the training-time form (adapters beside frozen weights) does."""
+    from dream_s_edge.vision_training.batches import val_batches
+    from dream_s_edge.vision_training.lora import attach_lora, load_lora_tensors, split_lora
+    from dream_s_edge.vision_training.model import VisionQA, load_target, load_trained
+    from dream_s_edge.vision_training.sequences import chat_layout
+
+    cfg = replace(_config(tiny_target, tmp_path), probe_steps=1, lm_steps=2, lr=1e-2)
+    tensors = load_file(str(train_vision(cfg)))
+
+    def loss(merge: bool | None) -> torch.Tensor:
+        model, processor, _ = load_target(str(tiny_target), torch.device("cpu"))
+        layout = chat_layout(processor)
+        if merge:
+            load_trained(model, tensors)
+        elif merge is False:
+            plain, lora = split_lora(tensors)
+            load_trained(model, plain)
+            load_lora_tensors(
+                attach_lora(model.model.text_model, cfg.lora_rank, cfg.lora_alpha, "model.text_model."), lora
+            )
+        batch = val_batches(2, 2, layout, processor.tokenizer, 64, processor.image_seq_len)[0]
+        with torch.no_grad():
+            return VisionQA(model, layout.prefix, processor.image_token_id)(*batch[:3])[0]
+
+    merged, adapters, base = loss(True), loss(False), loss(None)
+    assert torch.allclose(merged, adapters, atol=1e-5), (merged, adapters)
+    assert not torch.allclose(merged, base, atol=1e-3)
 
 
 def test_resume_refuses_another_schedule(tiny_target, tmp_path):
