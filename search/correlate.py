@@ -116,16 +116,11 @@ def run_tau_check(config: TauCheckConfig) -> dict:
 
     from dream_s_edge.distill.prompts import heldout_prompts
     from dream_s_edge.generation import TreeOptions
-    from search.run import load_search_target, record_prompts, resolve_space
-    from search.supernet import load_supernet, param_count
+    from search.run import load_net_and_space, record_prompts
+    from search.supernet import param_count
 
     started = time.perf_counter()
-    adapter = load_search_target(config.model, config.supernet, config.visual_keep_ratios)
-    net = load_supernet(config.supernet, adapter.text_embedding().weight, adapter.lm_head_weight()).eval()
-    space = resolve_space(net, config.supernet, adapter.spec.num_layers, config.injection_layers,
-                          interactions=config.interactions, num_layers=config.num_layers,
-                          head_ratios=config.head_ratios, ffn_ratios=config.ffn_ratios,
-                          visual_keep_ratios=config.visual_keep_ratios, draft_vocab_sizes=config.draft_vocab_sizes)
+    adapter, net, space = load_net_and_space(config)
     choices = pick_subnets(space, config.subnets, config.seed)
     if len(choices) < 10:
         logger.warning("only %d sub-networks in the grid; a rank correlation over fewer than 10 says little",

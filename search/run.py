@@ -59,16 +59,11 @@ def run_search(config: SearchConfig):
     from search.latency import LatencyModel
     from search.latency_table import load_table, select_entry
     from search.search import SearchConstraints, pareto_front, search_drafts, tree_grid
-    from search.supernet import load_supernet, param_count
+    from search.supernet import param_count
 
     entry = select_entry(load_table(config.table), device=config.device, backend=config.backend,
                          precision=config.precision)
-    adapter = load_search_target(config.model, config.supernet, config.visual_keep_ratios)
-    net = load_supernet(config.supernet, adapter.text_embedding().weight, adapter.lm_head_weight()).eval()
-    space = resolve_space(net, config.supernet, adapter.spec.num_layers, config.injection_layers,
-                          interactions=config.interactions, num_layers=config.num_layers,
-                          head_ratios=config.head_ratios, ffn_ratios=config.ffn_ratios,
-                          visual_keep_ratios=config.visual_keep_ratios, draft_vocab_sizes=config.draft_vocab_sizes)
+    adapter, net, space = load_net_and_space(config)
     specs = {c: net.subnet_spec(c) for c in space.choices()}
     trees = tree_grid(config.top_ks, config.depths, config.node_budgets)
     records = _records(adapter, space, config, max(t.depth for t in trees))
@@ -205,3 +200,16 @@ def _write(out: Path, net, result, candidates, front) -> None:
     draft = build_subnet(net, result.choice)
     save_draft(out / "draft", draft, draft.spec)
 
+
+def load_net_and_space(config):
+    """(target adapter, supernet, search space) for a `search` or `tau-check` config: the space is the
+    one recorded with the supernet, narrowed by the config's grid fields that are set."""
+    from search.supernet import load_supernet
+
+    adapter = load_search_target(config.model, config.supernet, config.visual_keep_ratios)
+    net = load_supernet(config.supernet, adapter.text_embedding().weight, adapter.lm_head_weight()).eval()
+    space = resolve_space(net, config.supernet, adapter.spec.num_layers, config.injection_layers,
+                          interactions=config.interactions, num_layers=config.num_layers,
+                          head_ratios=config.head_ratios, ffn_ratios=config.ffn_ratios,
+                          visual_keep_ratios=config.visual_keep_ratios, draft_vocab_sizes=config.draft_vocab_sizes)
+    return adapter, net, space

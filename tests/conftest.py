@@ -69,3 +69,18 @@ def default_adapter(default_target_dir):
     from dream_s_edge.targets import load_target
 
     return load_target(default_target_dir)
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory, image):
+    """A bench prompts file (JSON lines): one question about `image`, one text-only question."""
+    import json
+
+    folder = tmp_path_factory.mktemp("prompts")
+    picture = folder / "picture.png"
+    image.save(picture)
+    path = folder / "prompts.jsonl"
+    lines = [{"image": str(picture), "question": "What is in the picture?"},
+             {"image": None, "question": "Describe it in one line."}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path

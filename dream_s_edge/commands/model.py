@@ -65,6 +65,8 @@ VISION_TRAIN_FLAGS = (
     "caption_prob",
     "lr",
     "lora_rank",
+    "polish_steps",
+    "polish_lr",
     "device",
     "threads",
     "stop_after",

@@ -15,14 +15,15 @@ from dream_s_edge.data.dataset import SPLIT_STRIDE
 from dream_s_edge.vision_training.probe import scene_targets
 from dream_s_edge.vision_training.sequences import ChatLayout, collate, encode_turns, pixel_values
 
-_STAGE_BASE = {1: 0, 2: SPLIT_STRIDE // 2}  # stage 2 never re-reads a stage 1 image (for any sane run)
+# Stages never re-read another stage's images (for any sane run).
+_STAGE_BASE = {1: 0, 2: SPLIT_STRIDE // 2, 3: SPLIT_STRIDE // 4 * 3}
 
 
 def train_indices(config, step: int) -> list[int]:
     """Train-split sample indices read at global `step`."""
-    stage = 1 if step < config.probe_steps else 2
+    stage = config.stage_of(step)
     size = config.probe_batch if stage == 1 else config.batch_size
-    local = step if stage == 1 else step - config.probe_steps
+    local = step - config.stage_start(stage)
     base = _STAGE_BASE[stage] + config.seed * 10_000_019
     return [(base + local * size + j) % SPLIT_STRIDE for j in range(size)]
 

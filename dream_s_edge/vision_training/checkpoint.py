@@ -20,6 +20,9 @@ from runtime.errors import TrainingError
 # Fields that change what a step computes: a checkpoint only resumes a run that agrees on them.
 SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size", "questions_per_image",
                    "caption_prob", "lora_rank")  # fmt: skip
+# Fields of the last stage only: a checkpoint taken before that stage began resumes under any value
+# (its steps so far are exactly those of a fresh run of the new schedule), which extends a finished run.
+LAST_STAGE_FIELDS = ("polish_steps", "polish_lr")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -40,7 +43,8 @@ def load_checkpoint(path: Path, config) -> dict | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = state["config"]
-    changed = [f for f in SCHEDULE_FIELDS if saved.get(f) != getattr(config, f)]
+    fields = SCHEDULE_FIELDS + (LAST_STAGE_FIELDS if state["step"] > config.stage_start(3) else ())
+    changed = [f for f in fields if saved.get(f, 0) != getattr(config, f)]
     if changed:
         raise TrainingError(
             f"The checkpoint {path} belongs to a different training schedule.",
@@ -93,6 +97,8 @@ default target's build merges them into the dense weights once). {n_tensors} ten
 - Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions, a caption turn for
   {caption_pct}% of the images): through the language model (frozen but for the LoRA adapters),
   cross-entropy on the answer tokens and their closing `<|im_end|>` only.
+- Stage 3 ({polish_steps} steps, same batch): every answerable question of each image, no caption,
+  peak learning rate {polish_lr}.
 - Seed {seed}. The untrained tower it starts from is the embedded build's seeded initialisation.
 
 ## Reproduce
@@ -126,6 +132,8 @@ def write_model_card(path: Path, config, tensors: dict[str, torch.Tensor], tower
         qtypes=", ".join(QUESTION_TYPES),
         qpi=config.questions_per_image,
         lora_rank=config.lora_rank,
+        polish_steps=config.polish_steps,
+        polish_lr=config.polish_lr,
         caption_pct=round(100 * config.caption_prob),
         command=command,
         **{k: getattr(config, k) for k in ("probe_steps", "probe_batch", "lm_steps", "batch_size", "seed")},

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from dream_s_edge.data import QUESTION_TYPES
 from dream_s_edge.vision_training import batches
 from dream_s_edge.vision_training.checkpoint import (
     load_checkpoint,
@@ -92,7 +93,7 @@ class _Run:
         self.ckpt_path = Path(config.out_dir) / "checkpoint.pt"
 
     def stage_of(self, step: int) -> int:
-        return 1 if step < self.config.probe_steps else 2
+        return self.config.stage_of(step)
 
     def ensure_optimizer(self) -> None:
         """Creates the optimizer of the current step's stage (stage 2 drops the head)."""
@@ -102,7 +103,7 @@ class _Run:
         lora = {id(p) for a in self.lora.values() for p in (a.A, a.B)}
         vision = [p for p in self.vqa.trainable_parameters() if id(p) not in lora]
         params = vision + (list(self.head.parameters()) if stage == 1 else [])
-        if stage == 2 and self.lora:  # the adapters join in stage 2, at their own learning rate
+        if stage >= 2 and self.lora:  # the adapters join in stage 2, at their own learning rate
             adapters = [p for a in self.lora.values() for p in (a.A, a.B)]
             params = [{"params": params}, {"params": adapters, "lr_scale": self.config.lora_lr_scale}]
         self.optimizer = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)
@@ -141,7 +142,7 @@ class _Run:
                 visual, self.embed_rms
             )
             local, steps, peak = self.step, cfg.probe_steps, cfg.probe_lr
-        else:
+        elif self.stage == 2:
             batch = batches.qa_batch(
                 indices,
                 self.layout,
@@ -152,6 +153,12 @@ class _Run:
             )
             loss = self.vqa(*(t.to(self.device) for t in batch))[0]
             local, steps, peak = self.step - cfg.probe_steps, cfg.lm_steps, cfg.lr
+        else:  # stage 3: every answerable question, no caption
+            batch = batches.qa_batch(
+                indices, self.layout, self.processor.tokenizer, self.image_size, len(QUESTION_TYPES), 0.0
+            )
+            loss = self.vqa(*(t.to(self.device) for t in batch))[0]
+            local, steps, peak = self.step - cfg.stage_start(3), cfg.polish_steps, cfg.polish_lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(local, steps, peak, cfg.warmup) * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
@@ -211,7 +218,7 @@ def train_vision(config: VisionTrainConfig) -> Path:
         while run.step < stop:
             postfix["loss"] = run.train_step()
             postfix["stage"] = run.stage
-            if run.step % config.eval_every == 0 or run.step in (config.probe_steps, config.total_steps):
+            if run.step % config.eval_every == 0 or run.step in (config.stage_start(3), config.total_steps):
                 postfix.update(run.validate())
                 with log.open("a") as f:
                     f.write(json.dumps({"step": run.step, **postfix}) + "\n")

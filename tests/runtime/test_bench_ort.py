@@ -13,18 +13,6 @@ from dream_s_edge.cli import EXIT_USER_ERROR, main
 from runtime.errors import EngineError, UserInputError
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory, image):
-    folder = tmp_path_factory.mktemp("bench-prompts")
-    picture = folder / "picture.png"
-    image.save(picture)
-    path = folder / "prompts.jsonl"
-    lines = [{"image": str(picture), "question": "What is in the picture?"},
-             {"image": None, "question": "Describe it in one line."}]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
 def test_bench_ort_cpu_json(exported_tiny, prompts_file, tmp_path):
     folder, _ = exported_tiny
     manifest = json.loads((folder / "manifest.json").read_text())

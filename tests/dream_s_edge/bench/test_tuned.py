@@ -16,18 +16,6 @@ from search.latency_table import new_table, save_table
 from search.profile import spec_choice
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory, image):
-    folder = tmp_path_factory.mktemp("tune-prompts")
-    picture = folder / "picture.png"
-    image.save(picture)
-    path = folder / "prompts.jsonl"
-    lines = [{"image": str(picture), "question": "What is in the picture?"},
-             {"image": None, "question": "Describe it in one line."}]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
 def table_for(folder, path, verify_base: float, verify_per_node: float, draft_ms: float):
     """A one-entry latency table for the tiny export: verify = base + per_node * N, flat draft calls."""
     manifest = Manifest.load(folder)

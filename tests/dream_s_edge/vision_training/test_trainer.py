@@ -72,6 +72,20 @@ def test_shipped_tensors_reproduce_the_trained_model(tiny_target, tmp_path):
     assert not torch.allclose(merged, base, atol=1e-3)
 
 
+def test_finished_run_extends_with_stage_3_exactly(tiny_target, tmp_path):
+    """A run finished without stage 3, then resumed with polish steps, ends bit-identical to a fresh run
+    of the longer schedule."""
+    longer = replace(_config(tiny_target, tmp_path / "a"), polish_steps=2)
+    fresh = load_file(str(train_vision(longer)))
+    short = replace(_config(tiny_target, tmp_path / "b"), polish_steps=0)
+    train_vision(short)
+    extended = load_file(str(train_vision(replace(short, polish_steps=2))))
+    assert fresh.keys() == extended.keys() and all(torch.equal(fresh[k], extended[k]) for k in fresh)
+    assert train_indices(longer, 5)[0] != train_indices(longer, 4)[0]  # stage 3 reads its own images
+    with pytest.raises(TrainingError):  # once stage 3 has begun, its settings are part of the schedule
+        train_vision(replace(short, polish_steps=1, stop_after=6, resume=True, polish_lr=1e-3))
+
+
 def test_resume_refuses_another_schedule(tiny_target, tmp_path):
     cfg = _config(tiny_target, tmp_path)
     train_vision(replace(cfg, stop_after=1))
