@@ -36,3 +36,26 @@ def splice_images(embeds: np.ndarray, slots: np.ndarray, image: np.ndarray) -> n
                           note=f"{slots.size} image tokens, {image.shape[0]} embeddings")
     embeds[slots] = image
     return embeds
+
+
+def embed_prompt(table: np.ndarray, ids: np.ndarray, image_token_id: int | None, pixel_values, encode,
+                 where: str) -> np.ndarray:
+    """Token embeddings [T, H] with the image embeddings spliced in at the image tokens.
+
+    Args:
+        table: [V, H] the exported embedding table.
+        ids: [T] prompt token ids.
+        image_token_id: the <image> token, or None.
+        pixel_values: the preprocessed image, or None for a text prompt.
+        encode: pixel values -> image embeddings [n_images * Tv, H], or None without a vision graph.
+        where: what holds the graphs ("artifacts", "engines"), for the error message.
+    """
+    embeds = lookup(table, ids)
+    slots = image_slots(ids, image_token_id)
+    if pixel_values is None:
+        if slots.size:
+            raise PromptError("The prompt has image tokens but no image.", note=f"{slots.size} image tokens")
+        return embeds
+    if encode is None:
+        raise PromptError(f"These {where} have no vision graph.", hint="ask without an image")
+    return splice_images(embeds, slots, encode(np.asarray(pixel_values, dtype=np.float32)))

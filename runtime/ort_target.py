@@ -25,8 +25,8 @@ import logging
 
 import numpy as np
 
-from runtime.embedding import image_slots, lookup, splice_images
-from runtime.errors import CapacityError, PromptError
+from runtime.embedding import embed_prompt, lookup
+from runtime.errors import CapacityError
 from runtime.manifest import Manifest
 from runtime.ort_backend import DeviceBuffer, OrtGraph, SlotKV
 from runtime.runner import PrefillResult, Prompt, RunnerLimits, VerifyResult
@@ -137,15 +137,8 @@ class OrtTargetRunner:
 
     def _embed(self, ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
         """Token embeddings with the image embeddings spliced in at the image tokens: [T, H]."""
-        embeds = self._lookup(ids)
-        slots = image_slots(ids, self.image_token_id)
-        if pixel_values is None:
-            if slots.size:
-                raise PromptError("The prompt has image tokens but no image.", note=f"{slots.size} image tokens")
-            return embeds
-        if self.vision is None:
-            raise PromptError("These artifacts have no vision graph.", hint="ask without an image")
-        return splice_images(embeds, slots, self.vision.run({self._pixels: np.asarray(pixel_values, dtype=np.float32)})[0])
+        encode = (lambda pixels: self.vision.run({self._pixels: pixels})[0]) if self.vision is not None else None
+        return embed_prompt(self.embeddings, ids, self.image_token_id, pixel_values, encode, "artifacts")
 
     def _step(self, embeds: np.ndarray, positions: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One decoder pass over T tokens at slots length .. length + T - 1: (logits [R, V] of the last

@@ -28,8 +28,8 @@ import logging
 import numpy as np
 
 from runtime.cuda_memory import D2D, CudaApi, DeviceArray, DeviceKV
-from runtime.embedding import image_slots, lookup, splice_images
-from runtime.errors import CapacityError, EngineError, PromptError
+from runtime.embedding import embed_prompt, lookup
+from runtime.errors import CapacityError, EngineError
 from runtime.manifest import Manifest
 from runtime.ort_draft import OrtDraftRunner
 from runtime.runner import PrefillResult, Prompt, RunnerLimits, VerifyResult
@@ -304,15 +304,8 @@ class TrtTargetRunner:
 
     def _embed(self, ids: np.ndarray, pixel_values: np.ndarray | None) -> np.ndarray:
         """Token embeddings with the image embeddings spliced in at the image tokens: [T, H]."""
-        embeds = self._lookup(ids)
-        slots = image_slots(ids, self.image_token_id)
-        if pixel_values is None:
-            if slots.size:
-                raise PromptError("The prompt has image tokens but no image.", note=f"{slots.size} image tokens")
-            return embeds
-        if self.vision is None:
-            raise PromptError("These engines have no vision graph.", hint="ask without an image")
-        return splice_images(embeds, slots, self.encode_images(np.asarray(pixel_values, dtype=np.float32)))
+        encode = self.encode_images if self.vision is not None else None
+        return embed_prompt(self.embeddings, ids, self.image_token_id, pixel_values, encode, "engines")
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """pixel_values [I, 3, s, s] -> image embeds [I, tokens, H] through the vision engine."""
