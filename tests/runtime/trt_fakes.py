@@ -45,8 +45,10 @@ class OrtBackedContext:
         return True
 
 
-def fake_graphs(manifest, names, api, stream=0) -> dict:
-    """{graph: TrtGraph} over onnxruntime-backed contexts, one per manifest-derived profile."""
+def fake_graphs(manifest, names, api, stream=0, make_context=None) -> dict:
+    """{graph: TrtGraph} over onnxruntime-backed contexts, one per manifest-derived profile.
+
+    make_context(session, onnx_path) builds a context; default OrtBackedContext(session)."""
     import onnxruntime as ort
 
     from export.trt_profiles import graph_profiles
@@ -60,6 +62,7 @@ def fake_graphs(manifest, names, api, stream=0) -> dict:
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(str(manifest.path(name)), options, providers=["CPUExecutionProvider"])
         profiles = [p.to_dict() for p in graph_profiles(manifest.data, name)]
-        contexts = [OrtBackedContext(session) for _ in profiles]
+        path = manifest.path(name)
+        contexts = [make_context(session, path) if make_context else OrtBackedContext(session) for _ in profiles]
         graphs[name] = TrtGraph(name, contexts, profiles, api, stream)
     return graphs

@@ -76,23 +76,14 @@ def profiling_context_class():
 def profiled_graphs(manifest, names, api) -> dict:
     """{graph: TrtGraph} over onnxruntime sessions whose contexts report every ONNX node as a layer."""
     import onnx
-    import onnxruntime as ort
-
-    from export.trt_profiles import graph_profiles
 
     context_class = profiling_context_class()
-    graphs = {}
-    for name in names:
-        if not manifest.has(name):
-            continue
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(str(manifest.path(name)), options, providers=["CPUExecutionProvider"])
-        nodes = onnx.load(str(manifest.path(name)), load_external_data=False).graph.node
-        layers = [node.name or f"{node.op_type}_{i}" for i, node in enumerate(nodes)]
-        profiles = [p.to_dict() for p in graph_profiles(manifest.data, name)]
-        graphs[name] = TrtGraph(name, [context_class(session, layers) for _ in profiles], profiles, api, 0)
-    return graphs
+
+    def make_context(session, path):
+        nodes = onnx.load(str(path), load_external_data=False).graph.node
+        return context_class(session, [node.name or f"{node.op_type}_{i}" for i, node in enumerate(nodes)])
+
+    return _trt_fakes().fake_graphs(manifest, names, api, 0, make_context)
 
 
 @dataclass
