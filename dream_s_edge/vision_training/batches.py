@@ -12,7 +12,7 @@ import torch
 
 from dream_s_edge.data import QUESTION_TYPES, eval_sample, make_sample
 from dream_s_edge.data.dataset import SPLIT_STRIDE
-from dream_s_edge.vision_training.probe import scene_targets
+from dream_s_edge.vision_training.probe import patch_targets, scene_targets
 from dream_s_edge.vision_training.sequences import ChatLayout, collate, encode_turns, pixel_values
 
 # Stages never re-read another stage's images (for any sane run).
@@ -28,15 +28,23 @@ def train_indices(config, step: int) -> list[int]:
     return [(base + local * size + j) % SPLIT_STRIDE for j in range(size)]
 
 
-def probe_batch(indices: list[int], image_size: int, visual_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 1 batch: pixels [B, 3, H, W] and per-token targets [B, Tv, G] (probe.scene_targets)."""
+def probe_batch(indices: list[int], image_size: int, visual_tokens: int, patch_grid: int):
+    """Stage 1 batch: pixels [B, 3, H, W], slot targets [B, Tv, 2] (probe.scene_targets) and patch
+    targets [B, patch_grid ** 2, 3] (probe.patch_targets)."""
     samples = [make_sample("train", i, image_size) for i in indices]
-    return pixel_values([s.image for s in samples], image_size), torch.stack(
-        [scene_targets(s.scene, visual_tokens) for s in samples]
+    return (
+        pixel_values([s.image for s in samples], image_size),
+        torch.stack([scene_targets(s.scene, visual_tokens) for s in samples]),
+        torch.stack([patch_targets(s.scene, patch_grid) for s in samples]),
     )
 
 
-CAPTION_QUESTION = "Describe the image in one sentence."
+# Open questions whose answer is the caption: so open questions about photographs get a sentence too.
+CAPTION_QUESTIONS = (
+    "Describe the image in one sentence.",
+    "What is in this image?",
+    "What do you see in the picture?",
+)
 
 
 def pick_turns(sample, k: int, caption_prob: float = 0.0) -> list[tuple[str, str]]:
@@ -48,7 +56,7 @@ def pick_turns(sample, k: int, caption_prob: float = 0.0) -> list[tuple[str, str
     qas = sorted((sample.questions[i] for i in order), key=lambda qa: qa.qtype != "word")
     turns = [(qa.question, qa.answer) for qa in qas[:k]]
     if rng.random() < caption_prob:
-        turns.append((CAPTION_QUESTION, sample.caption))
+        turns.append((CAPTION_QUESTIONS[int(rng.integers(len(CAPTION_QUESTIONS)))], sample.caption))
     return turns
 
 

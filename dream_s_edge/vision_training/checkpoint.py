@@ -1,7 +1,7 @@
 """Training checkpoints (exact resume) and the shipped artifacts (trained tensors and model card).
 
 A checkpoint holds everything the next step depends on: the global step, the trained tensors, the
-attribute head, the optimizer of the current stage and the torch RNG states. Data order is a function
+slot head, the optimizer of the current stage and the torch RNG states. Data order is a function
 of (seed, step) alone, so restoring the step restores the next batch. Writes go to a temporary file
 that replaces the old one atomically, so a kill mid-write leaves the previous checkpoint intact.
 """
@@ -90,10 +90,10 @@ default target's build merges them into the dense weights once). {n_tensors} ten
   word, plain / noisy / textured backgrounds. Questions: {qtypes}. Train, validation and test splits
   are disjoint by seed.
 - Stage 1 ({probe_steps} steps, batch {probe_batch}): tower and connector only, no language model.
-  Every visual token is pushed (cosine, learned temperature) towards the language model's own input
-  embeddings of the words that describe it: the colour and shape of the object under it, the written
-  word under it, its row (top / center / bottom) and column (left / center / right), and, through the
-  mean token, the object count.
+  The visual tokens learn to spell out a fixed-format description of the scene in the language
+  model's own input embeddings, one word per token ("3 shapes: top left small red star, top: none
+  none none, ... word cat."): mean squared error to each slot word's embedding plus a cosine
+  classification among the slot words. The language model then reads the image as text.
 - Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions, a caption turn for
   {caption_pct}% of the images): through the language model (frozen but for the LoRA adapters),
   cross-entropy on the answer tokens and their closing `<|im_end|>` only.

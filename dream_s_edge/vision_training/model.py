@@ -101,6 +101,12 @@ class VisionQA(nn.Module):
         inner = self.model.model
         return inner.connector(inner.vision_model(pixel_values=pixels).last_hidden_state)
 
+    def visual_tokens_and_patches(self, pixels: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual tokens [B, Tv, D] and the tower's patch features after `layer` [B, P, E]."""
+        inner = self.model.model
+        out = inner.vision_model(pixel_values=pixels, output_hidden_states=True)
+        return inner.connector(out.last_hidden_state), out.hidden_states[layer]
+
     @torch.no_grad()
     def _prefix_cache(self, batch: int):
         """A fresh cache holding the constant prefix, expanded to the batch (no copy)."""

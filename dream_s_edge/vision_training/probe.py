@@ -1,43 +1,85 @@
-"""Stage 1: teach the vision tower to see, cheaply, with dense lexical targets and no language model.
+"""Stage 1: teach the vision tower to see, cheaply, with no language model: every visual token learns to
+be the language model's input embedding of one word that describes its part of the image.
 
-The connector's visual tokens form a row-major `G x G` grid over the image (pixel shuffle keeps the
-patch layout). Each token gets per-token targets from the scene data: the colour and shape of the object
-under it (or none), the written word under it (or none), and the row and column of the scene's 3 x 3
-grid it lies in. The whole image also gets its object count.
+The connector's tokens form a row-major `G x G` grid over the image, and each cell of the scene's 3 x 3
+grid covers a block of them (3 x 3, 3 x 2 or 2 x 2 tokens for G = 8). Within a block, the first row
+spells the cell's object (colour, shape, size, or " none"), the second its place as the question's
+answer words (" top", " left"), and a third row, where there is one, the object count. So the
+language model reads "red star" as a bigram and "top left" right below it, in its own vocabulary. The
+cells of the row that holds the written word spell the word instead of an object.
 
-The head that reads these targets has almost no parameters of its own: a class's logit is the cosine
-between the visual token and the language model's own input embedding of the class's answer word
-(`red`, `star`, `top`, `cat`, `3`, ...), times a learned temperature. So training pushes every visual
-token towards the sum of the words that describe it, which is a format the frozen language model
-already reads; stage 2 then only has to fine-tune that reading. "None" classes get a learned vector.
-A second term keeps the visual tokens at the scale of the token embeddings.
+Each token only describes what lies under it (an auxiliary head also classifies the colour, shape and
+word under every patch of a middle tower layer), so nothing has to travel across the image. The loss
+pulls each token onto the exact embedding of its word (mean squared error, relative to the
+embeddings' scale) and classifies it among all slot words by scaled cosine (cross-entropy); accuracy
+is the classification's over the content tokens (object, word and count).
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from dream_s_edge.data.scenes import Scene, cell_center, word_box
-from dream_s_edge.data.vocab import COLOURS, GRID, MAX_OBJECTS, SHAPES, SIZES, WORDS
+from dream_s_edge.data.vocab import CELL_NAMES, COLOURS, GRID, MAX_OBJECTS, SHAPES, SIZES, WORDS
 
-IGNORE = -100
-ROW_WORDS = ("top", "center", "bottom")
-COL_WORDS = ("left", "center", "right")
-COUNT_WORDS = tuple(str(n) for n in range(1, MAX_OBJECTS + 1))
-# Per-token groups: (name, answer words, has a "none" class at index 0).
-TOKEN_GROUPS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
-    ("colour", tuple(COLOURS), True),
-    ("shape", SHAPES, True),
-    ("word", WORDS, True),
-    ("row", ROW_WORDS, False),
-    ("col", COL_WORDS, False),
+COUNT_WORDS = tuple(str(n) for n in range(1, MAX_OBJECTS + 1))  # the first slot: no leading space
+NONE = " none"
+_LABELS = tuple(" " + w for w in ("top", "left", "center", "right", "bottom"))
+# Every word a slot can hold, as written mid-text (with its leading space).
+SLOT_VOCAB: tuple[str, ...] = (
+    COUNT_WORDS
+    + (":", ",", NONE)
+    + _LABELS
+    + tuple(" " + w for w in (*SIZES, *COLOURS, *SHAPES, *WORDS))
 )
-_COLOUR_INDEX = {name: i for i, name in enumerate(COLOURS)}
+_INDEX = {w: i for i, w in enumerate(SLOT_VOCAB)}
+MSE_WEIGHT = 2.0
+IGNORE = -100
+PATCH_CLASSES = (len(COLOURS) + 1, len(SHAPES) + 1, len(WORDS) + 1)  # colour, shape, word; 0 = none
+PROBE_LAYER = 2  # the tower layer whose patch features the auxiliary head reads
+
+
+def _block_offsets(grid: int) -> list[tuple[int, int, int]]:
+    """(cell, row offset, column offset) of every token of a `grid x grid` token grid, row-major:
+    the scene cell a token lies in and its place within that cell's block of tokens."""
+    cells = [min(GRID - 1, int((i + 0.5) * GRID / grid)) for i in range(grid)]
+    first = {c: cells.index(c) for c in set(cells)}
+    return [
+        (cells[r] * GRID + cells[c], r - first[cells[r]], c - first[cells[c]])
+        for r in range(grid)
+        for c in range(grid)
+    ]
+
+
+def _token_word(scene: Scene, cell: int, row: int, col: int) -> tuple[str, bool]:
+    """The word of the token at (row, col) of `cell`'s block, and whether it carries scene content."""
+    if row == 0:
+        if scene.word and cell // GRID == scene.word_row:
+            return " " + scene.word, True
+        obj = next((o for o in scene.objects if o.cell == cell), None)
+        words = (" " + obj.colour, " " + obj.shape, " " + obj.size) if obj else (NONE,) * 3
+        return words[min(col, 2)], True
+    if row == 1:
+        label = [" " + w for w in CELL_NAMES[cell].split()] + [":", ","]
+        return label[min(col, 2)], False
+    return str(len(scene.objects)), True
+
+
+def slot_text(scene: Scene, grid: int = 8) -> list[tuple[str, bool]]:
+    """The word of every token of a `grid x grid` token grid, row-major, with whether it carries
+    scene content (else it is the same for every scene)."""
+    return [_token_word(scene, cell, r, c) for cell, r, c in _block_offsets(grid)]
+
+
+def scene_targets(scene: Scene, visual_tokens: int) -> torch.Tensor:
+    """Per-token targets [Tv, 2]: the SLOT_VOCAB index of the token's word, and 1 where the token
+    carries scene content."""
+    words = slot_text(scene, token_grid(visual_tokens))
+    return torch.tensor([[_INDEX[w], int(content)] for w, content in words])
 
 
 def token_grid(visual_tokens: int) -> int:
@@ -47,119 +89,67 @@ def token_grid(visual_tokens: int) -> int:
     return side
 
 
-def _object_targets(scene: Scene, grid: int) -> tuple[list[int], list[int]]:
-    """Colour and shape class per token: the object's class where the token's centre lies inside it
-    (and always at the token holding the object's centre), IGNORE near its edge, 0 elsewhere."""
+def patch_targets(scene: Scene, grid: int) -> torch.Tensor:
+    """Colour, shape and word class [grid * grid, 3] of the patch grid: an object's classes where the
+    patch centre lies well inside it, the word's inside its box, IGNORE near edges, 0 elsewhere."""
     size, step = scene.image_size, scene.image_size / grid
-    colour, shape = [0] * grid * grid, [0] * grid * grid
+    out = torch.zeros(grid * grid, 3, dtype=torch.long)
+    centres = [((t % grid + 0.5) * step, (t // grid + 0.5) * step) for t in range(grid * grid)]
     for obj in scene.objects:
         cx, cy = cell_center(obj.cell, size)
-        cx, cy = cx + obj.dx, cy + obj.dy
-        radius = SIZES[obj.size] * size / 256
-        home = min(grid - 1, int(cy // step)) * grid + min(grid - 1, int(cx // step))
-        for t in range(grid * grid):
-            tx, ty = (t % grid + 0.5) * step, (t // grid + 0.5) * step
+        cx, cy, radius = cx + obj.dx, cy + obj.dy, SIZES[obj.size] * size / 256
+        for t, (tx, ty) in enumerate(centres):
             dist = math.hypot(tx - cx, ty - cy)
-            if t == home or dist < 0.7 * radius:
-                colour[t], shape[t] = _COLOUR_INDEX[obj.colour] + 1, SHAPES.index(obj.shape) + 1
-            elif dist < radius + step / 2 and colour[t] == 0:
-                colour[t] = shape[t] = IGNORE
-    return colour, shape
-
-
-def _word_targets(scene: Scene, grid: int) -> list[int]:
-    """Word class per token: the word where the token's centre lies in its box, IGNORE near it, 0 else."""
-    out = [0] * grid * grid
-    if not scene.word:
-        return out
-    step = scene.image_size / grid
-    left, top, right, bottom = word_box(scene)
-    for t in range(grid * grid):
-        tx, ty = (t % grid + 0.5) * step, (t // grid + 0.5) * step
-        if left <= tx <= right and top <= ty <= bottom:
-            out[t] = WORDS.index(scene.word) + 1
-        elif left - step / 2 <= tx <= right + step / 2 and top - step / 2 <= ty <= bottom + step / 2:
-            out[t] = IGNORE
+            if dist < 0.7 * radius:
+                out[t, :2] = torch.tensor([list(COLOURS).index(obj.colour) + 1, SHAPES.index(obj.shape) + 1])
+            elif dist < radius + step / 2 and out[t, 0] == 0:
+                out[t, :2] = IGNORE
+    if scene.word:
+        left, top, right, bottom = word_box(scene)
+        for t, (tx, ty) in enumerate(centres):
+            inside = left <= tx <= right and top <= ty <= bottom
+            near = left - step / 2 <= tx <= right + step / 2 and top - step / 2 <= ty <= bottom + step / 2
+            out[t, 2] = WORDS.index(scene.word) + 1 if inside else IGNORE if near else 0
     return out
 
 
-@lru_cache(maxsize=8)
-def _place_targets(grid: int) -> tuple[list[int], list[int]]:
-    """Row and column of the scene's 3 x 3 grid that each token's centre lies in."""
-    cells = [min(GRID - 1, int((i + 0.5) * GRID / grid)) for i in range(grid)]
-    return [cells[t // grid] for t in range(grid * grid)], [cells[t % grid] for t in range(grid * grid)]
+def slot_token_ids(tokenizer) -> list[int]:
+    """The token id of each SLOT_VOCAB word (its first token, should a tokenizer split it)."""
+    return [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in SLOT_VOCAB]
 
 
-def scene_targets(scene: Scene, visual_tokens: int) -> torch.Tensor:
-    """Per-token class targets, one column per TOKEN_GROUPS entry, and the count class in row 0 of an
-    extra column (the rest of that column is IGNORE)."""  # [Tv, len(TOKEN_GROUPS) + 1]
-    grid = token_grid(visual_tokens)
-    colour, shape = _object_targets(scene, grid)
-    rows, cols = _place_targets(grid)
-    count = [len(scene.objects) - 1] + [IGNORE] * (grid * grid - 1)
-    return torch.tensor([colour, shape, _word_targets(scene, grid), rows, cols, count]).T
+class SlotHead(nn.Module):
+    """Reads visual tokens as slot words: scaled cosines to the language model's word embeddings."""
 
-
-def answer_token_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
-    """The first token of each answer word as the model writes it (no leading space)."""
-    return [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
-
-
-class LexicalHead(nn.Module):
-    """Class logits as scaled cosines between visual tokens and the language model's word embeddings."""
-
-    def __init__(self, embeddings: torch.Tensor, tokenizer):
-        """embeddings: [V, D] the language model's input embedding table (not trained here)."""
+    def __init__(self, embeddings: torch.Tensor, tokenizer, patch_dim: int):
+        """embeddings: [V, D] the language model's input embedding table (not trained here);
+        patch_dim: width of the tower's patch features, read by the auxiliary patch classifier."""
         super().__init__()
-        dim = embeddings.shape[1]
-        for name, words, _ in TOKEN_GROUPS:
-            rows = embeddings[answer_token_ids(tokenizer, words)].detach().clone()
-            self.register_buffer(f"words_{name}", rows, persistent=False)  # [C, D]
-        counts = embeddings[answer_token_ids(tokenizer, COUNT_WORDS)].detach().clone()
-        self.register_buffer("words_count", counts, persistent=False)  # [C, D]
-        groups = [name for name, _, with_none in TOKEN_GROUPS if with_none]
-        self.none = nn.ParameterDict({name: nn.Parameter(torch.randn(1, dim) * 0.02) for name in groups})
-        self.log_temperature = nn.Parameter(torch.full((len(TOKEN_GROUPS) + 1,), math.log(10.0)))
+        words = embeddings[slot_token_ids(tokenizer)].detach().clone()
+        self.register_buffer("words", words, persistent=False)  # [C, D]
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.patch = nn.Linear(patch_dim, sum(PATCH_CLASSES))
 
-    def _classes(self, name: str) -> torch.Tensor:
-        rows = getattr(self, f"words_{name}")
-        return torch.cat([self.none[name], rows]) if name in self.none else rows  # [C, D]
+    def patch_loss(self, patches: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the patch classifier: patches [B, P, E], targets [B, P, 3]."""
+        logits = self.patch(patches).split(PATCH_CLASSES, dim=-1)  # [B, P, C_g] each
+        losses = [
+            F.cross_entropy(g.flatten(0, 1), targets[..., i].flatten(), ignore_index=IGNORE)
+            for i, g in enumerate(logits)
+            if (targets[..., i] != IGNORE).any()
+        ]
+        return torch.stack(losses).mean()
 
-    def forward(self, visual: torch.Tensor) -> list[torch.Tensor]:
-        """visual tokens [B, Tv, D] -> per-group logits: [B, Tv, C_g] per TOKEN_GROUPS entry, then the
-        count logits [B, MAX_OBJECTS] from the mean token."""
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:
+        """visual tokens [B, Tv, D] -> logits over SLOT_VOCAB [B, Tv, C]."""
         unit = F.normalize(visual, dim=-1)
-        out = []
-        for g, (name, _, _) in enumerate(TOKEN_GROUPS):
-            out.append(self.log_temperature[g].exp() * unit @ F.normalize(self._classes(name), dim=-1).T)
-        pooled = F.normalize(visual.mean(1), dim=-1)  # [B, D]
-        out.append(self.log_temperature[-1].exp() * pooled @ F.normalize(self.words_count, dim=-1).T)
-        return out
+        return self.log_temperature.exp() * unit @ F.normalize(self.words, dim=-1).T
 
-
-def probe_loss(logits: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the groups, and the mean per-group accuracy on labelled tokens, where
-    "none" tokens count as a fifth of a labelled one (they are the majority).
-
-    Args:
-        logits: LexicalHead output.
-        targets: [B, Tv, len(TOKEN_GROUPS) + 1] from scene_targets.
-    """
-    losses, hits = [], []
-    for g, group in enumerate(logits[:-1]):
-        target = targets[..., g]  # [B, Tv]
-        weight = torch.where(target == 0, 0.2, 1.0) * (target != IGNORE)
-        nll = F.cross_entropy(group.transpose(1, 2), target.clamp(min=0), reduction="none")  # [B, Tv]
-        losses.append((nll * weight).sum() / weight.sum().clamp(min=1e-6))
-        right = (group.argmax(-1) == target).float()
-        hits.append((right * weight).sum() / weight.sum().clamp(min=1e-6))
-    count = targets[:, 0, -1]  # [B]
-    losses.append(F.cross_entropy(logits[-1], count))
-    hits.append((logits[-1].argmax(-1) == count).float().mean())
-    return torch.stack(losses).mean(), torch.stack(hits).mean()
-
-
-def scale_loss(visual: torch.Tensor, target_rms: float) -> torch.Tensor:
-    """Squared log-ratio of the visual tokens' RMS to the token embeddings' RMS."""
-    rms = visual.pow(2).mean(-1).sqrt()  # [B, Tv]
-    return torch.log(rms / target_rms).pow(2).mean()
+    def loss(self, visual: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, accuracy on content slots) of visual tokens [B, Tv, D] against targets [B, Tv, 2]."""
+        word, content = targets[..., 0], targets[..., 1].bool()  # [B, Tv] each
+        logits = self(visual)
+        ce = F.cross_entropy(logits.transpose(1, 2), word)
+        mse = (visual - self.words[word]).pow(2).mean() / self.words.pow(2).mean()
+        right = (logits.argmax(-1) == word)[content].float()
+        return ce + MSE_WEIGHT * mse, right.mean() if right.numel() else right.new_ones(())

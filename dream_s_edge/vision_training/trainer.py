@@ -1,6 +1,6 @@
 """`train_vision`: trains the target's vision tower and connector with the language model frozen.
 
-Stage 1 (attribute heads, no language model) makes the tower see; stage 2 (through the frozen language
+Stage 1 (a slot head, no language model) makes the tower spell the scene out in word embeddings; stage 2 (through the frozen language
 model, loss on answer tokens) makes the language model read it. Progress shows on a tqdm bar with the
 loss and the latest validation score; checkpoints allow an exact resume after a kill.
 """
@@ -36,7 +36,7 @@ from dream_s_edge.vision_training.model import (
     trained_state,
     untrained_state,
 )
-from dream_s_edge.vision_training.probe import LexicalHead, probe_loss, scale_loss
+from dream_s_edge.vision_training.probe import PROBE_LAYER, SlotHead
 from dream_s_edge.vision_training.sequences import IGNORE, chat_layout
 
 logger = logging.getLogger(__name__)
@@ -79,8 +79,10 @@ class _Run:
             )
             self.vqa.refresh_prefix = True
         embeddings = model.model.text_model.get_input_embeddings().weight
-        self.head = LexicalHead(embeddings, self.processor.tokenizer).to(self.device)
-        self.embed_rms = embeddings.pow(2).mean().sqrt().item()
+        vision = model.config.vision_config
+        self.patch_grid = vision.image_size // vision.patch_size
+        self.probe_layer = min(PROBE_LAYER, vision.num_hidden_layers)
+        self.head = SlotHead(embeddings, self.processor.tokenizer, vision.hidden_size).to(self.device)
         self.step, self.stage, self.optimizer = 0, 0, None
         self.val = batches.val_batches(
             config.val_size,
@@ -136,11 +138,12 @@ class _Run:
         cfg, indices = self.config, batches.train_indices(self.config, self.step)
         self.ensure_optimizer()
         if self.stage == 1:
-            pixels, targets = batches.probe_batch(indices, self.image_size, self.visual_tokens)
-            visual = self.vqa.visual_tokens(pixels.to(self.device))
-            loss = probe_loss(self.head(visual), targets.to(self.device))[0] + scale_loss(
-                visual, self.embed_rms
+            pixels, targets, patch_targets = batches.probe_batch(
+                indices, self.image_size, self.visual_tokens, self.patch_grid
             )
+            visual, patches = self.vqa.visual_tokens_and_patches(pixels.to(self.device), self.probe_layer)
+            loss = self.head.loss(visual, targets.to(self.device))[0]
+            loss = loss + self.head.patch_loss(patches, patch_targets.to(self.device))
             local, steps, peak = self.step, cfg.probe_steps, cfg.probe_lr
         elif self.stage == 2:
             batch = batches.qa_batch(
@@ -173,10 +176,10 @@ class _Run:
         """Attribute-head accuracy (stage 1) or teacher-forced exact match (stage 2) on validation."""
         if self.stage_of(self.step - 1) == 1:
             hits = [
-                probe_loss(self.head(self.vqa.visual_tokens(b[0].to(self.device))), b[3].to(self.device))[1]
+                self.head.loss(self.vqa.visual_tokens(b[0].to(self.device)), b[3].to(self.device))[1]
                 for b in self.val
             ]
-            return {"val_attr_acc": float(torch.stack(hits).mean())}
+            return {"val_slot_acc": float(torch.stack(hits).mean())}
         correct = total = 0
         for pixels, input_ids, labels, _, _ in self.val:
             _, logits, targets = self.vqa(
