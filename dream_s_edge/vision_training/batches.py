@@ -61,12 +61,20 @@ def pick_turns(sample, k: int, caption_prob: float = 0.0) -> list[tuple[str, str
 
 
 def qa_batch(
-    indices: list[int], layout: ChatLayout, tokenizer, image_size: int, k: int, caption_prob: float = 0.0
+    indices: list[int],
+    layout: ChatLayout,
+    tokenizer,
+    image_size: int,
+    visual_tokens: int,
+    k: int,
+    caption_prob: float = 0.0,
 ):
-    """Stage 2 batch: pixels [B, 3, H, W], input_ids [B, T] and labels [B, T] with k turns per image."""
+    """Stage 2 and 3 batch: pixels [B, 3, H, W], input_ids [B, T] and labels [B, T] with k turns per
+    image, and the stage-1 slot targets [B, Tv, 2] that keep the visual tokens words."""
     samples = [make_sample("train", i, image_size) for i in indices]
     rows = [encode_turns(layout, tokenizer, pick_turns(s, k, caption_prob)) for s in samples]
-    return (pixel_values([s.image for s in samples], image_size), *collate(rows, layout.pad))
+    slots = torch.stack([scene_targets(s.scene, visual_tokens) for s in samples])
+    return (pixel_values([s.image for s in samples], image_size), *collate(rows, layout.pad), slots)
 
 
 def val_batches(

@@ -19,7 +19,7 @@ from runtime.errors import TrainingError
 
 # Fields that change what a step computes: a checkpoint only resumes a run that agrees on them.
 SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size", "questions_per_image",
-                   "caption_prob", "lora_rank")  # fmt: skip
+                   "caption_prob", "lora_rank", "slot_weight")  # fmt: skip
 # Fields of the last stage only: a checkpoint taken before that stage began resumes under any value
 # (its steps so far are exactly those of a fresh run of the new schedule), which extends a finished run.
 LAST_STAGE_FIELDS = ("polish_steps", "polish_lr")

@@ -119,20 +119,27 @@ class VisionQA(nn.Module):
             [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix_kv]
         )
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor):
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        visual: torch.Tensor | None = None,
+    ):
         """Loss and logits at labelled positions.
 
         Args:
             pixels: [B, 3, H, W] normalised images.
             input_ids: [B, T] per-sample tokens (starting with the image block), right-padded.
             labels: [B, T] next-token targets or IGNORE.
+            visual: [B, Tv, D] the visual tokens of `pixels`, when the caller already has them.
 
         Returns:
             (loss, logits [M, V], targets [M]) over the M labelled positions, in row-major order.
         """
         text = self.model.model.text_model
         embeds = text.get_input_embeddings()(input_ids)  # [B, T, D]
-        visual = self.visual_tokens(pixels).to(embeds.dtype)  # [B, Tv, D]
+        visual = (self.visual_tokens(pixels) if visual is None else visual).to(embeds.dtype)  # [B, Tv, D]
         mask = (input_ids == self.image_token_id).unsqueeze(-1)
         embeds = embeds.masked_scatter(mask, visual)
         hidden = text(

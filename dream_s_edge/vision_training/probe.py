@@ -2,14 +2,14 @@
 be the language model's input embedding of one word that describes its part of the image.
 
 The connector's tokens form a row-major `G x G` grid over the image, and each cell of the scene's 3 x 3
-grid covers a block of them (3 x 3, 3 x 2 or 2 x 2 tokens for G = 8). Within a block, the first row
-spells the cell's object (colour, shape, size, or " none"), the second its place as the question's
-answer words (" top", " left"), and a third row, where there is one, the object count. So the
-language model reads "red star" as a bigram and "top left" right below it, in its own vocabulary. The
-cells of the row that holds the written word spell the word instead of an object.
+grid covers a block of them (3 x 3, 3 x 2 or 2 x 2 tokens for G = 8). Within a block, the row through
+the cell's centre spells the cell's object (" red", " star", or " none"), the row below it the cell's
+place in the question's answer words (" top", " left"), and any other row the object count. So the
+language model reads "red star" as a bigram, with "top left" right below it, in its own vocabulary.
+The cells of the row that holds the written word spell the word instead of an object.
 
-Each token only describes what lies under it (an auxiliary head also classifies the colour, shape and
-word under every patch of a middle tower layer), so nothing has to travel across the image. The loss
+Each token only describes what lies under it or next to it (an auxiliary head also classifies the
+colour, shape and word under every patch of a middle tower layer), so little has to travel. The loss
 pulls each token onto the exact embedding of its word (mean squared error, relative to the
 embeddings' scale) and classifies it among all slot words by scaled cosine (cross-entropy); accuracy
 is the classification's over the content tokens (object, word and count).
@@ -43,36 +43,46 @@ PATCH_CLASSES = (len(COLOURS) + 1, len(SHAPES) + 1, len(WORDS) + 1)  # colour, s
 PROBE_LAYER = 2  # the tower layer whose patch features the auxiliary head reads
 
 
-def _block_offsets(grid: int) -> list[tuple[int, int, int]]:
-    """(cell, row offset, column offset) of every token of a `grid x grid` token grid, row-major:
-    the scene cell a token lies in and its place within that cell's block of tokens."""
+def _axis_blocks(grid: int) -> list[tuple[int, int, int]]:
+    """(scene cell index, index within its block, block size) of each token row (or column) of a
+    `grid`-token axis: the scene's 3 cells along the axis cover blocks of 3, 2 and 3 tokens for 8."""
     cells = [min(GRID - 1, int((i + 0.5) * GRID / grid)) for i in range(grid)]
-    first = {c: cells.index(c) for c in set(cells)}
-    return [
-        (cells[r] * GRID + cells[c], r - first[cells[r]], c - first[cells[c]])
-        for r in range(grid)
-        for c in range(grid)
-    ]
+    return [(c, i - cells.index(c), cells.count(c)) for i, c in enumerate(cells)]
 
 
-def _token_word(scene: Scene, cell: int, row: int, col: int) -> tuple[str, bool]:
-    """The word of the token at (row, col) of `cell`'s block, and whether it carries scene content."""
-    if row == 0:
-        if scene.word and cell // GRID == scene.word_row:
-            return " " + scene.word, True
-        obj = next((o for o in scene.objects if o.cell == cell), None)
-        words = (" " + obj.colour, " " + obj.shape, " " + obj.size) if obj else (NONE,) * 3
-        return words[min(col, 2)], True
-    if row == 1:
-        label = [" " + w for w in CELL_NAMES[cell].split()] + [":", ","]
-        return label[min(col, 2)], False
-    return str(len(scene.objects)), True
+def _row_role(index: int, size: int) -> str:
+    """What a token row of a cell's block spells: the object on the row through the cell's centre,
+    the place on the row below it, the count on any other row."""
+    roles = ("object", "place") if size == 2 else ("object",) if size == 1 else ("count", "object", "place")
+    return roles[index] if index < len(roles) else "count"
+
+
+def _token_word(scene: Scene, cell: int, row: str, col: int) -> tuple[str, bool]:
+    """The word of a token in `cell`'s block on a row of role `row`, at column `col` of the block, and
+    whether it carries scene content. Columns 0 and 1 hold the colour and shape (or the cell label's
+    words), later ones a comma; the row of the written word spells the word instead of objects."""
+    if row == "count":
+        return str(len(scene.objects)), True
+    if row == "place":
+        label = [" " + w for w in CELL_NAMES[cell].split()] + [":"]
+        return (label[col] if col < 2 else ","), False
+    if scene.word and cell // GRID == scene.word_row:
+        return " " + scene.word, True
+    if col >= 2:
+        return ",", False
+    obj = next((o for o in scene.objects if o.cell == cell), None)
+    return (" " + (obj.colour, obj.shape)[col] if obj else NONE), True
 
 
 def slot_text(scene: Scene, grid: int = 8) -> list[tuple[str, bool]]:
     """The word of every token of a `grid x grid` token grid, row-major, with whether it carries
     scene content (else it is the same for every scene)."""
-    return [_token_word(scene, cell, r, c) for cell, r, c in _block_offsets(grid)]
+    axis = _axis_blocks(grid)
+    return [
+        _token_word(scene, axis[r][0] * GRID + axis[c][0], _row_role(*axis[r][1:]), axis[c][1])
+        for r in range(grid)
+        for c in range(grid)
+    ]
 
 
 def scene_targets(scene: Scene, visual_tokens: int) -> torch.Tensor:

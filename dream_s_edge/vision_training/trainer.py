@@ -145,23 +145,15 @@ class _Run:
             loss = self.head.loss(visual, targets.to(self.device))[0]
             loss = loss + self.head.patch_loss(patches, patch_targets.to(self.device))
             local, steps, peak = self.step, cfg.probe_steps, cfg.probe_lr
-        elif self.stage == 2:
+        else:  # stage 2: k questions and maybe a caption; stage 3: every answerable question, no caption
+            turns, caption = (cfg.questions_per_image, cfg.caption_prob) if self.stage == 2 else (len(QUESTION_TYPES), 0.0)
+            tokenizer = self.processor.tokenizer
             batch = batches.qa_batch(
-                indices,
-                self.layout,
-                self.processor.tokenizer,
-                self.image_size,
-                cfg.questions_per_image,
-                cfg.caption_prob,
+                indices, self.layout, tokenizer, self.image_size, self.visual_tokens, turns, caption
             )
-            loss = self.vqa(*(t.to(self.device) for t in batch))[0]
-            local, steps, peak = self.step - cfg.probe_steps, cfg.lm_steps, cfg.lr
-        else:  # stage 3: every answerable question, no caption
-            batch = batches.qa_batch(
-                indices, self.layout, self.processor.tokenizer, self.image_size, len(QUESTION_TYPES), 0.0
-            )
-            loss = self.vqa(*(t.to(self.device) for t in batch))[0]
-            local, steps, peak = self.step - cfg.stage_start(3), cfg.polish_steps, cfg.polish_lr
+            loss = self.qa_loss(*(t.to(self.device) for t in batch))
+            local = self.step - cfg.stage_start(self.stage)
+            steps, peak = (cfg.lm_steps, cfg.lr) if self.stage == 2 else (cfg.polish_steps, cfg.polish_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(local, steps, peak, cfg.warmup) * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
@@ -171,19 +163,26 @@ class _Run:
         self.step += 1
         return loss.item()
 
+    def qa_loss(self, pixels, input_ids, labels, slots) -> torch.Tensor:
+        """Answer-token cross-entropy, plus the stage-1 slot loss at `slot_weight` so that training
+        through the language model does not pull the visual tokens away from word embeddings."""
+        visual = self.vqa.visual_tokens(pixels)
+        loss = self.vqa(pixels, input_ids, labels, visual=visual)[0]
+        if self.config.slot_weight:
+            loss = loss + self.config.slot_weight * self.head.loss(visual, slots)[0]
+        return loss
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Attribute-head accuracy (stage 1) or teacher-forced exact match (stage 2) on validation."""
-        if self.stage_of(self.step - 1) == 1:
-            hits = [
-                self.head.loss(self.vqa.visual_tokens(b[0].to(self.device)), b[3].to(self.device))[1]
-                for b in self.val
-            ]
-            return {"val_slot_acc": float(torch.stack(hits).mean())}
-        correct = total = 0
-        for pixels, input_ids, labels, _, _ in self.val:
+        """Slot accuracy of the visual tokens, and from stage 2 on the teacher-forced exact match."""
+        slot_hits, correct, total = [], 0, 0
+        for pixels, input_ids, labels, slots, _ in self.val:
+            visual = self.vqa.visual_tokens(pixels.to(self.device))
+            slot_hits.append(self.head.loss(visual, slots.to(self.device))[1])
+            if self.stage_of(self.step - 1) == 1:
+                continue
             _, logits, targets = self.vqa(
-                pixels.to(self.device), input_ids.to(self.device), labels.to(self.device)
+                pixels.to(self.device), input_ids.to(self.device), labels.to(self.device), visual=visual
             )
             rows = (labels != IGNORE).nonzero()[:, 0].to(self.device)
             wrong = torch.zeros(len(labels), device=self.device).index_add_(
@@ -191,7 +190,8 @@ class _Run:
             )
             correct += int((wrong == 0).sum())
             total += len(labels)
-        return {"val_exact_match": correct / max(1, total)}
+        scores = {"val_slot_acc": float(torch.stack(slot_hits).mean())}
+        return scores | ({"val_exact_match": correct / total} if total else {})
 
 
 def train_vision(config: VisionTrainConfig) -> Path:

@@ -25,16 +25,17 @@ def _with_word(split="train"):
 def test_tokens_spell_out_what_lies_under_them():
     scene = _with_word().scene
     words = slot_text(scene, 8)  # 8 x 8 tokens; scene cells cover token rows/columns {0-2}, {3-4}, {5-7}
-    first = (0, 3, 5)
+    object_row, place_row, first_col = (1, 3, 6), (2, 4, 7), (0, 3, 5)
     for obj in scene.objects:
-        r, c = first[obj.row], first[obj.col]
-        assert [w for w, _ in words[r * 8 + c : r * 8 + c + 2]] == [" " + obj.colour, " " + obj.shape]
-        label = "".join(w for w, _ in words[(r + 1) * 8 + c : (r + 1) * 8 + c + 2])
-        assert label.strip(" :") == CELL_NAMES[obj.cell]
-    assert {w for w, _ in words[first[scene.word_row] * 8 :][:8]} == {" " + scene.word}
-    assert {w for w, _ in words[2 * 8 : 3 * 8]} == {str(len(scene.objects))}  # the count row
+        at = object_row[obj.row] * 8 + first_col[obj.col]  # the row through the cell's centre
+        assert [w for w, _ in words[at : at + 2]] == [" " + obj.colour, " " + obj.shape]
+        at = place_row[obj.row] * 8 + first_col[obj.col]
+        assert "".join(w for w, _ in words[at : at + 2]).strip(" :") == CELL_NAMES[obj.cell]
+    assert {w for w, _ in words[object_row[scene.word_row] * 8 :][:8]} == {" " + scene.word}
+    for row in (0, 5):  # the rows left over hold the count
+        assert {w for w, _ in words[row * 8 : row * 8 + 8]} == {str(len(scene.objects))}
     empty = set(range(9)) - {o.cell for o in scene.objects} - {scene.word_row * 3 + c for c in range(3)}
-    assert all(words[first[e // 3] * 8 + first[e % 3]][0] == NONE for e in empty)
+    assert all(words[object_row[e // 3] * 8 + first_col[e % 3]][0] == NONE for e in empty)
 
 
 def test_targets_are_fixed_per_slot():
@@ -42,7 +43,7 @@ def test_targets_are_fixed_per_slot():
     ta, tb = scene_targets(a, 64), scene_targets(b, 64)  # [64, 2]
     assert ta.shape == (64, 2) and (ta[:, 1] == tb[:, 1]).all()  # a slot's role does not depend on the scene
     fixed = ta[:, 1] == 0
-    assert (ta[fixed, 0] == tb[fixed, 0]).all() and SLOT_VOCAB[int(ta[8, 0])] == " top"
+    assert (ta[fixed, 0] == tb[fixed, 0]).all() and SLOT_VOCAB[int(ta[16, 0])] == " top"
     assert scene_targets(a, 16).shape == (16, 2)
 
 

@@ -91,3 +91,19 @@ def test_resume_refuses_another_schedule(tiny_target, tmp_path):
     train_vision(replace(cfg, stop_after=1))
     with pytest.raises(TrainingError):
         train_vision(replace(cfg, batch_size=3))
+
+
+def test_answer_loss_keeps_the_slot_loss(tiny_target, tmp_path):
+    from dream_s_edge.vision_training import batches
+    from dream_s_edge.vision_training.trainer import _Run
+
+    run = _Run(_config(tiny_target, tmp_path))
+    batch = batches.qa_batch(
+        train_indices(run.config, 2), run.layout, run.processor.tokenizer, run.image_size, run.visual_tokens, 2
+    )
+    with torch.no_grad():
+        anchored = run.qa_loss(*batch)
+        slot = run.head.loss(run.vqa.visual_tokens(batch[0]), batch[3])[0]
+        run.config = replace(run.config, slot_weight=0.0)
+        plain = run.qa_loss(*batch)
+    assert slot > 0 and torch.allclose(anchored - plain, slot)
