@@ -190,16 +190,17 @@ class Answerer:
                 job.emit("piece", piece)
         except DreamSEdgeError as error:
             self.failed += 1
-            job.emit("error", str(error))
+            final = ("error", str(error))
         except Exception as error:  # noqa: BLE001 - the worker serves the whole run: log, report, go on
             logger.exception("Answering %r failed.", job.question)
             self.failed += 1
-            job.emit("error", f"Internal error: {type(error).__name__}: {error}")
+            final = ("error", f"Internal error: {type(error).__name__}: {error}")
         else:
             self.answered += 1
             self.last_metrics = self._metrics()
-            job.emit("done", self.last_metrics)
-        self._log(job, seq, start)
+            final = ("done", self.last_metrics)
+        self._log(job, seq, start, *final)  # before the final event: a client that saw it finds the log
+        job.emit(*final)
 
     def _metrics(self) -> dict:
         result = self.session.last_result
@@ -207,10 +208,9 @@ class Answerer:
         return {"tau": m.tau, "tokens_per_s": m.tokens_per_s, "new_tokens": int(m.new_tokens),
                 "wall_s": m.wall_s, "stop_reason": result.stop_reason}
 
-    def _log(self, job: Job, seq: int, start: float) -> None:
+    def _log(self, job: Job, seq: int, start: float, kind: str, data) -> None:
         if self.answer_log is None:
             return
-        kind, data = job.events[-1]
         record = {"time": datetime.fromtimestamp(start, timezone.utc).isoformat(), "origin": job.origin,
                   "question": job.question, "frame": seq, "answer": job.text}
         record.update(data if kind == "done" else {"error": data})
