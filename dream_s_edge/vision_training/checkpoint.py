@@ -90,13 +90,15 @@ default target's build merges them into the dense weights once). {n_tensors} ten
   word, plain / noisy / textured backgrounds. Questions: {qtypes}. Train, validation and test splits
   are disjoint by seed.
 - Stage 1 ({probe_steps} steps, batch {probe_batch}): tower and connector only, no language model.
-  The visual tokens learn to spell out a fixed-format description of the scene in the language
-  model's own input embeddings, one word per token ("3 shapes: top left small red star, top: none
-  none none, ... word cat."): mean squared error to each slot word's embedding plus a cosine
-  classification among the slot words. The language model then reads the image as text.
+  Every visual token learns to be the language model's input embedding of one word about its part of
+  the image: in each cell's block of tokens, the row through the cell's centre spells its object
+  (" red", " star" or " none", or the written word), the row below its place (" top", " left"), other
+  rows the object count. Mean squared error to the word's embedding plus a cosine classification
+  among the slot words, and an auxiliary per-patch colour / shape / word classifier.
 - Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions, a caption turn for
   {caption_pct}% of the images): through the language model (frozen but for the LoRA adapters),
-  cross-entropy on the answer tokens and their closing `<|im_end|>` only.
+  cross-entropy on the answer tokens and their closing `<|im_end|>`, plus the stage-1 slot loss at
+  weight {slot_weight} so the visual tokens stay word embeddings.
 - Stage 3 ({polish_steps} steps, same batch): every answerable question of each image, no caption,
   peak learning rate {polish_lr}.
 - Seed {seed}. The untrained tower it starts from is the embedded build's seeded initialisation.
@@ -135,6 +137,7 @@ def write_model_card(path: Path, config, tensors: dict[str, torch.Tensor], tower
         polish_steps=config.polish_steps,
         polish_lr=config.polish_lr,
         caption_pct=round(100 * config.caption_prob),
+        slot_weight=config.slot_weight,
         command=command,
         **{k: getattr(config, k) for k in ("probe_steps", "probe_batch", "lm_steps", "batch_size", "seed")},
     )

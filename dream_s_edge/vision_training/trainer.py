@@ -1,7 +1,8 @@
 """`train_vision`: trains the target's vision tower and connector with the language model frozen.
 
-Stage 1 (a slot head, no language model) makes the tower spell the scene out in word embeddings; stage 2 (through the frozen language
-model, loss on answer tokens) makes the language model read it. Progress shows on a tqdm bar with the
+Stage 1 (a slot head, no language model) makes the tower spell the scene out in word embeddings;
+stages 2 and 3 (through the language model, frozen but for LoRA; loss on answer tokens plus the slot
+loss) teach the language model to read it. Progress shows on a tqdm bar with the
 loss and the latest validation score; checkpoints allow an exact resume after a kill.
 """
 
