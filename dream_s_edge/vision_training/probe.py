@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from dream_s_edge.data.scenes import Scene, cell_center, word_box
 from dream_s_edge.data.vocab import CELL_NAMES, COLOURS, GRID, MAX_OBJECTS, SHAPES, SIZES, WORDS
+from dream_s_edge.vision_training.sequences import IGNORE
 
 COUNT_WORDS = tuple(str(n) for n in range(1, MAX_OBJECTS + 1))  # the first slot: no leading space
 NONE = " none"
@@ -38,7 +39,6 @@ SLOT_VOCAB: tuple[str, ...] = (
 )
 _INDEX = {w: i for i, w in enumerate(SLOT_VOCAB)}
 MSE_WEIGHT = 2.0
-IGNORE = -100
 PATCH_CLASSES = (len(COLOURS) + 1, len(SHAPES) + 1, len(WORDS) + 1)  # colour, shape, word; 0 = none
 PROBE_LAYER = 2  # the tower layer whose patch features the auxiliary head reads
 
