@@ -65,6 +65,7 @@ VISION_TRAIN_FLAGS = (
     "caption_prob",
     "lr",
     "lora_rank",
+    "tower_lr_scale",
     "polish_steps",
     "polish_lr",
     "device",

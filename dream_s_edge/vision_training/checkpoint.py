@@ -19,7 +19,7 @@ from runtime.errors import TrainingError
 
 # Fields that change what a step computes: a checkpoint only resumes a run that agrees on them.
 SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size", "questions_per_image",
-                   "caption_prob", "lora_rank", "slot_weight")  # fmt: skip
+                   "caption_prob", "lora_rank", "slot_weight", "tower_lr_scale")  # fmt: skip
 # Fields of the last stage only: a checkpoint taken before that stage began resumes under any value
 # (its steps so far are exactly those of a fresh run of the new schedule), which extends a finished run.
 LAST_STAGE_FIELDS = ("polish_steps", "polish_lr")
@@ -98,7 +98,7 @@ default target's build merges them into the dense weights once). {n_tensors} ten
 - Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions, a caption turn for
   {caption_pct}% of the images): through the language model (frozen but for the LoRA adapters),
   cross-entropy on the answer tokens and their closing `<|im_end|>`, plus the stage-1 slot loss at
-  weight {slot_weight} so the visual tokens stay word embeddings.
+  weight {slot_weight} so the visual tokens stay word embeddings. {tower_stage2}
 - Stage 3 ({polish_steps} steps, same batch): every answerable question of each image, no caption,
   peak learning rate {polish_lr}.
 - Seed {seed}. The untrained tower it starts from is the embedded build's seeded initialisation.
@@ -138,6 +138,11 @@ def write_model_card(path: Path, config, tensors: dict[str, torch.Tensor], tower
         polish_lr=config.polish_lr,
         caption_pct=round(100 * config.caption_prob),
         slot_weight=config.slot_weight,
+        tower_stage2=(
+            f"The tower trains at {config.tower_lr_scale} x the learning rate."
+            if config.tower_lr_scale
+            else "The tower stays as stage 1 left it; the connector and the adapters train."
+        ),
         command=command,
         **{k: getattr(config, k) for k in ("probe_steps", "probe_batch", "lm_steps", "batch_size", "seed")},
     )

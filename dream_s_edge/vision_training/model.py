@@ -93,9 +93,6 @@ class VisionQA(nn.Module):
         self.register_buffer("prefix", torch.tensor([prefix]), persistent=False)  # [1, Tp]
         self._prefix_kv = None
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
     def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Vision tower and connector: pixels [B, 3, H, W] -> visual tokens [B, Tv, D]."""
         inner = self.model.model

@@ -103,13 +103,20 @@ class _Run:
         stage = self.stage_of(self.step)
         if stage == self.stage:
             return
-        lora = {id(p) for a in self.lora.values() for p in (a.A, a.B)}
-        vision = [p for p in self.vqa.trainable_parameters() if id(p) not in lora]
-        params = vision + (list(self.head.parameters()) if stage == 1 else [])
+        tower_scale = 1.0 if stage == 1 else self.config.tower_lr_scale
+        self.vqa.model.model.vision_model.requires_grad_(tower_scale > 0)
+        tower = [p for p in self.vqa.model.model.vision_model.parameters() if tower_scale > 0]
+        groups = [
+            {"params": list(self.vqa.model.model.connector.parameters())},
+            {"params": tower, "lr_scale": tower_scale},
+        ]
+        if stage == 1:
+            groups[0]["params"] += list(self.head.parameters())
         if stage >= 2 and self.lora:  # the adapters join in stage 2, at their own learning rate
             adapters = [p for a in self.lora.values() for p in (a.A, a.B)]
-            params = [{"params": params}, {"params": adapters, "lr_scale": self.config.lora_lr_scale}]
-        self.optimizer = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0)
+            groups.append({"params": adapters, "lr_scale": self.config.lora_lr_scale})
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0)
         self.stage = stage
 
     def state(self) -> dict:

@@ -107,3 +107,16 @@ def test_answer_loss_keeps_the_slot_loss(tiny_target, tmp_path):
         run.config = replace(run.config, slot_weight=0.0)
         plain = run.qa_loss(*batch)
     assert slot > 0 and torch.allclose(anchored - plain, slot)
+
+
+def test_tower_is_frozen_after_stage_1_unless_scaled(tiny_target, tmp_path):
+    """With tower_lr_scale 0 stages 2 and 3 train the connector and adapters only; with > 0 the tower too."""
+    base = replace(_config(tiny_target, tmp_path / "probe"), lm_steps=0, polish_steps=0, lr=1e-2)
+    probe_only = load_file(str(train_vision(base)))
+    for scale, moves in ((0.0, False), (1.0, True)):
+        run = load_file(str(train_vision(replace(base, out_dir=str(tmp_path / str(scale)), lm_steps=2,
+                                                 tower_lr_scale=scale))))  # fmt: skip
+        tower = [k for k in probe_only if k.startswith("model.vision_model.")]
+        assert any(not torch.equal(run[k], probe_only[k]) for k in tower) == moves, scale
+        connector = [k for k in probe_only if k.startswith("model.connector.")]
+        assert any(not torch.equal(run[k], probe_only[k]) for k in connector)
