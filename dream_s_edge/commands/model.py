@@ -68,6 +68,7 @@ VISION_TRAIN_FLAGS = (
     "tower_lr_scale",
     "polish_steps",
     "polish_lr",
+    "polish_caption_prob",
     "device",
     "threads",
     "stop_after",

@@ -22,7 +22,7 @@ SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size
                    "caption_prob", "lora_rank", "slot_weight", "tower_lr_scale")  # fmt: skip
 # Fields of the last stage only: a checkpoint taken before that stage began resumes under any value
 # (its steps so far are exactly those of a fresh run of the new schedule), which extends a finished run.
-LAST_STAGE_FIELDS = ("polish_steps", "polish_lr")
+LAST_STAGE_FIELDS = ("polish_steps", "polish_lr", "polish_caption_prob")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -99,8 +99,8 @@ default target's build merges them into the dense weights once). {n_tensors} ten
   {caption_pct}% of the images): through the language model (frozen but for the LoRA adapters),
   cross-entropy on the answer tokens and their closing `<|im_end|>`, plus the stage-1 slot loss at
   weight {slot_weight} so the visual tokens stay word embeddings. {tower_stage2}
-- Stage 3 ({polish_steps} steps, same batch): every answerable question of each image, no caption,
-  peak learning rate {polish_lr}.
+- Stage 3 ({polish_steps} steps, same batch): every answerable question of each image, a caption turn
+  for {polish_caption_pct}% of them, peak learning rate {polish_lr}.
 - Seed {seed}. The untrained tower it starts from is the embedded build's seeded initialisation.
 
 ## Reproduce
@@ -136,6 +136,7 @@ def write_model_card(path: Path, config, tensors: dict[str, torch.Tensor], tower
         lora_rank=config.lora_rank,
         polish_steps=config.polish_steps,
         polish_lr=config.polish_lr,
+        polish_caption_pct=round(100 * config.polish_caption_prob),
         caption_pct=round(100 * config.caption_prob),
         slot_weight=config.slot_weight,
         tower_stage2=(

@@ -37,10 +37,12 @@ class VisionTrainConfig:
     tower_lr_scale: float = 0.0  # the vision tower's learning rate in stages 2 and 3 relative to `lr`;
     # 0 = frozen there (the connector and adapters still train). Trained through the language model,
     # the tower lost object accuracy (slot colour 0.76 -> 0.67) even with the slot loss kept
-    polish_steps: int = 180  # stage 3 steps: like stage 2, but every answerable question of an image
-    # (up to 5 turns) and no caption, at `polish_lr`; these steps come last, so a finished run can be
-    # extended by them and resume exactly as a fresh run of the longer schedule would
+    polish_steps: int = 260  # stage 3 steps: like stage 2, but every answerable question of an image
+    # (up to 5 turns), at `polish_lr`; these steps come last, so a finished run can be extended by
+    # them and resume exactly as a fresh run of the longer schedule would
     polish_lr: float = 1e-4  # stage 3 peak learning rate (the adapters' is scaled by lora_lr_scale)
+    polish_caption_prob: float = 0.5  # share of stage 3 images that also get a caption turn; without
+    # it, stage 3 taught the model to answer open questions ("What is in this image?") in one word
     warmup: int = 20  # linear warm-up steps at the start of each stage
     val_size: int = 40  # held-out questions scored during training
     eval_every: int = 50  # steps between validation scores
@@ -78,7 +80,7 @@ class VisionTrainConfig:
 
 PRESETS: dict[str, VisionTrainConfig] = {
     # The shipped weights. Measured on 2 CPU cores: stage 1 ~0.85 s/step, stage 2 ~5 s/step, stage 3
-    # ~4.5 s/step, so 2400 * 0.85 + 320 * 5 + 180 * 4.5 + validation ~= 80 min: inside 2 hours.
+    # ~4.5 s/step, so 2400 * 0.85 + 320 * 5 + 260 * 5 + validation ~= 85 min: inside 2 hours.
     "default": VisionTrainConfig(),
     # A few minutes: shows that both stages lower their loss.
     "smoke": VisionTrainConfig(

@@ -153,8 +153,12 @@ class _Run:
             loss = self.head.loss(visual, targets.to(self.device))[0]
             loss = loss + self.head.patch_loss(patches, patch_targets.to(self.device))
             local, steps, peak = self.step, cfg.probe_steps, cfg.probe_lr
-        else:  # stage 2: k questions and maybe a caption; stage 3: every answerable question, no caption
-            turns, caption = (cfg.questions_per_image, cfg.caption_prob) if self.stage == 2 else (len(QUESTION_TYPES), 0.0)
+        else:  # stage 2: k questions and maybe a caption; stage 3: every answerable question, maybe a caption
+            turns, caption = (
+                (cfg.questions_per_image, cfg.caption_prob)
+                if self.stage == 2
+                else (len(QUESTION_TYPES), cfg.polish_caption_prob)
+            )
             tokenizer = self.processor.tokenizer
             batch = batches.qa_batch(
                 indices, self.layout, tokenizer, self.image_size, self.visual_tokens, turns, caption
