@@ -37,7 +37,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dream_s_edge.distill.dataset import DistillDataset, TrainingExample, training_example
+from dream_s_edge.distill.dataset import (
+    DistillDataset,
+    TrainingExample,
+    answer_token_counts,
+    training_example,
+)
 from dream_s_edge.distill.losses import LossWeights
 from dream_s_edge.distill.trainer import TrainConfig, TrainStrategy
 from dream_s_edge.draft.model import DreamDraft
@@ -137,16 +142,6 @@ def training_space(spec: DraftSpec, options: SupernetOptions, stored: set[int]) 
         head_ratios=options.head_ratios or tuple(k / spec.num_kv_heads for k in range(1, spec.num_kv_heads + 1)),
         ffn_ratios=options.ffn_ratios, feature_layers=layers, visual_keep_ratios=keep,
         draft_vocab_sizes=options.draft_vocab_sizes)
-
-
-def answer_token_counts(data: DistillDataset, vocab_size: int) -> torch.Tensor:
-    """[V] how often each target token is an answer token in the data (orders the draft vocabulary)."""
-    counts = torch.zeros(vocab_size, dtype=torch.float64)
-    for i in range(len(data)):
-        seq = data[i]
-        ids = seq["input_ids"].long()[1:][seq["loss_mask"].bool()[:-1]]
-        counts += torch.bincount(ids, minlength=vocab_size).double()
-    return counts
 
 
 def describe(choice: SubnetChoice) -> str:

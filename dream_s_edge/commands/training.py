@@ -55,6 +55,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--visual-keep-ratio", type=float, default=None, help="override the preset's VTC keep ratio"
     )
+    p.add_argument(
+        "--draft-vocab",
+        type=int,
+        default=None,
+        help="reduce the draft's vocabulary to the N most frequent answer tokens of the data (EAGLE-3 d2t)",
+    )
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--grad-accum", type=int, default=1, help="sequences per step and process")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -204,6 +210,7 @@ def _run_train(args: argparse.Namespace) -> int:
         model=args.model,
         preset=args.preset,
         visual_keep_ratio=args.visual_keep_ratio,
+        draft_vocab_size=args.draft_vocab,
         steps=args.steps,
         grad_accum=args.grad_accum,
         lr=args.lr,

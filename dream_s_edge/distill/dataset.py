@@ -141,3 +141,13 @@ def rank_indices(size: int, seed: int, rank: int, world: int, start: int, count:
         epoch, i = divmod(n, per_rank)
         out.append(int(epoch_order(size, seed, epoch)[i * world + rank]))
     return out
+
+
+def answer_token_counts(data: DistillDataset, vocab_size: int) -> torch.Tensor:
+    """[V] how often each target token is an answer token in the data (orders a reduced draft vocabulary)."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for i in range(len(data)):
+        seq = data[i]
+        ids = seq["input_ids"].long()[1:][seq["loss_mask"].bool()[:-1]]
+        counts += torch.bincount(ids, minlength=vocab_size).double()
+    return counts

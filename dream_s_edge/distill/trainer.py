@@ -35,13 +35,19 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from dream_s_edge.distill import train_state as ts
-from dream_s_edge.distill.dataset import DistillDataset, TrainingExample, rank_indices, training_example
+from dream_s_edge.distill.dataset import (
+    DistillDataset,
+    TrainingExample,
+    answer_token_counts,
+    rank_indices,
+    training_example,
+)
 from dream_s_edge.distill.losses import LossWeights, distill_losses
 from dream_s_edge.distill.prompts import PromptSpec
 from dream_s_edge.distill.unroll import unrolled_forward
 from dream_s_edge.distill.validate import measure_tau
 from dream_s_edge.draft.checkpoint import CONFIG_FILE, save_draft
-from dream_s_edge.draft.model import DraftOutput, DreamDraft
+from dream_s_edge.draft.model import DraftOutput, DreamDraft, build_vocab_map
 from dream_s_edge.draft.spec import DraftSpec
 from dream_s_edge.generation import TreeOptions
 from dream_s_edge.runners.draft_factory import target_dims
@@ -66,6 +72,8 @@ class TrainConfig:
     model: str = "default"  # the target the data came from: 'default' or a local HF folder
     preset: str = "dream-default"  # DraftSpec preset
     visual_keep_ratio: float | None = None  # override the preset's VTC ratio (None: keep it)
+    draft_vocab_size: int | None = None  # override the preset's draft vocabulary: the N most frequent
+    # answer tokens of the data (EAGLE-3's d2t), which makes the draft's LM head N / V as costly
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # sequences per step and process
     lr: float = 5e-4  # peak; small drafts for small targets want more than the paper's 3e-5
@@ -97,6 +105,8 @@ class TrainConfig:
         out.pop("halt_after")
         if self.supernet is None:  # ordinary runs keep the record they had before supernets existed
             out.pop("supernet")
+        if self.draft_vocab_size is None:  # likewise before the vocabulary override existed
+            out.pop("draft_vocab_size")
         return out
 
     @classmethod
@@ -221,7 +231,7 @@ class DraftStrategy(TrainStrategy):
 
     def __init__(self, config: TrainConfig, adapter: TargetAdapter, data: DistillDataset):
         self.config = config
-        self.draft = build_draft(adapter, config)
+        self.draft = build_draft(adapter, config, data)
         self.model = self.draft
         self.module = DistillStep(self.draft, config.weights, config.ttt_steps, config.ttt_decay)
 
@@ -365,12 +375,18 @@ def _load_target(config: TrainConfig, manifest: dict, device: torch.device) -> T
     return adapter
 
 
-def build_draft(adapter: TargetAdapter, config: TrainConfig) -> DreamDraft:
-    """A fresh draft of the configured preset, identical on every process (seeded)."""
-    overrides = {} if config.visual_keep_ratio is None else {"visual_keep_ratio": config.visual_keep_ratio}
-    spec = DraftSpec.from_name(config.preset, target_dims(adapter), **overrides)
+def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDataset) -> DreamDraft:
+    """A fresh draft of the configured preset, identical on every process (seeded); with a reduced
+    vocabulary, it keeps the data's most frequent answer tokens."""
+    overrides = {"visual_keep_ratio": config.visual_keep_ratio, "draft_vocab_size": config.draft_vocab_size}
+    spec = DraftSpec.from_name(
+        config.preset, target_dims(adapter), **{k: v for k, v in overrides.items() if v is not None}
+    )
+    d2t = None
+    if spec.draft_vocab_size is not None:
+        d2t = build_vocab_map(answer_token_counts(data, spec.target_vocab_size), spec.draft_vocab_size)
     torch.manual_seed(config.seed)
-    draft = DreamDraft(spec, adapter.text_embedding().weight.float(), adapter.lm_head_weight().float())
+    draft = DreamDraft(spec, adapter.text_embedding().weight.float(), adapter.lm_head_weight().float(), d2t)
     return draft.to(adapter.device)
 
 

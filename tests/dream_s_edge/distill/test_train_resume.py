@@ -43,3 +43,23 @@ def test_export_and_refusal_of_another_config(tiny_data_dir, tiny_target_dir, tm
     assert json.loads((exported / "config.json").read_text())["distillation"]["step"] == 2
     with pytest.raises(TrainingError, match="another training configuration"):
         train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path, steps=4, lr=1e-3))
+
+
+
+def test_reduced_vocabulary_keeps_the_most_frequent_answer_tokens(tiny_data_dir, tiny_target_dir, tmp_path):
+    import torch
+
+    from dream_s_edge.distill.dataset import DistillDataset, answer_token_counts
+    from dream_s_edge.draft import load_draft
+
+    folder = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path, steps=2, ttt_steps=0, draft_vocab_size=40))
+    spec = json.loads((folder / "config.json").read_text())["draft_spec"]
+    vocab, width = spec["target_vocab_size"], spec["target_hidden_size"]
+    d2t = load_file(str(folder / "model.safetensors"))["d2t"]
+    assert spec["draft_vocab_size"] == 40 and d2t.numel() == 40 and bool((d2t[1:] > d2t[:-1]).all())
+    counts = answer_token_counts(DistillDataset(tiny_data_dir), vocab)
+    dropped = torch.ones(vocab, dtype=torch.bool)
+    dropped[d2t] = False
+    assert counts[d2t].min() >= counts[dropped].max() and counts[d2t].sum() > 0  # the most frequent are kept
+    table = torch.zeros(vocab, width)
+    assert torch.equal(load_draft(folder, table, table).d2t, d2t)  # and the folder loads as a draft
