@@ -42,7 +42,8 @@ class VisionTrainConfig:
     # them and resume exactly as a fresh run of the longer schedule would
     polish_lr: float = 1e-4  # stage 3 peak learning rate (the adapters' is scaled by lora_lr_scale)
     polish_caption_prob: float = 0.5  # share of stage 3 images that also get a caption turn; without
-    # it, stage 3 taught the model to answer open questions ("What is in this image?") in one word
+    # it, stage 3 taught the model to answer open questions ("What is in this image?") in one word.
+    # Not enough yet: the caption turn always comes after the QA turns (batches.pick_turns)
     warmup: int = 20  # linear warm-up steps at the start of each stage
     val_size: int = 40  # held-out questions scored during training
     eval_every: int = 50  # steps between validation scores
