@@ -65,6 +65,8 @@ VISION_TRAIN_FLAGS = (
     "caption_prob",
     "lr",
     "lora_rank",
+    "lora_projections",
+    "position_turns",
     "tower_lr_scale",
     "polish_steps",
     "polish_lr",

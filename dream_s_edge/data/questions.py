@@ -56,18 +56,33 @@ def ask(scene: Scene, qtype: str, rng: np.random.Generator) -> QA | None:
         return QA(qtype, template, str(len(scene.objects)))
     if qtype == "word":
         return QA(qtype, template, scene.word) if scene.word else None
-    key = {
-        "colour": lambda o: o.shape,
-        "shape": lambda o: o.colour,
-        "position": lambda o: (o.colour, o.shape),
-    }
-    candidates = _unique(scene.objects, key[qtype])
+    candidates = _unique(scene.objects, _NAMED_BY[qtype])
     if not candidates:
         return None
-    obj = candidates[int(rng.integers(len(candidates)))]
+    return _about(candidates[int(rng.integers(len(candidates)))], qtype, template)
+
+
+# What names an object in a question of each object type (the colour question names its shape, ...).
+_NAMED_BY = {
+    "colour": lambda o: o.shape,
+    "shape": lambda o: o.colour,
+    "position": lambda o: (o.colour, o.shape),
+}
+
+
+def _about(obj: SceneObject, qtype: str, template: str) -> QA:
     question = template.format(shape=obj.shape, colour=obj.colour)
     answer = {"colour": obj.colour, "shape": obj.shape, "position": CELL_NAMES[obj.cell]}[qtype]
     return QA(qtype, question, answer)
+
+
+def ask_each(scene: Scene, qtype: str, rng: np.random.Generator) -> list[QA]:
+    """A question of object type `qtype` (colour, shape or position) about every object it can name
+    unambiguously, in scene order, each with a seeded template."""
+    return [
+        _about(obj, qtype, str(rng.choice(TEMPLATES[qtype])))
+        for obj in _unique(scene.objects, _NAMED_BY[qtype])
+    ]
 
 
 def all_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:

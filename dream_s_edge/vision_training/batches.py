@@ -12,6 +12,7 @@ import torch
 
 from dream_s_edge.data import QUESTION_TYPES, eval_sample, make_sample
 from dream_s_edge.data.dataset import SPLIT_STRIDE
+from dream_s_edge.data.questions import ask_each
 from dream_s_edge.vision_training.probe import patch_targets, scene_targets
 from dream_s_edge.vision_training.sequences import ChatLayout, collate, encode_turns, pixel_values
 
@@ -47,17 +48,31 @@ CAPTION_QUESTIONS = (
 )
 
 
-def pick_turns(sample, k: int, caption_prob: float = 0.0) -> list[tuple[str, str]]:
-    """Up to `k` of the sample's questions in a seeded order, the word question first when there is one
-    (it is the rarest and hardest type); then, for a seeded `caption_prob` share of the images, a turn
-    asking for the caption (dense supervision: every object's size, colour and shape, and the count)."""
+def pick_turns(sample, k: int, caption_prob: float = 0.0, positions: int = 0) -> list[tuple[str, str]]:
+    """The QA turns of one training image, all seeded by the sample:
+    - up to `k` of the sample's questions in a seeded order, the word question first when there is one
+      (it is the rarest and hardest type);
+    - up to `positions` more position questions about objects those did not ask where;
+    - for a `caption_prob` share of the images, a turn asking for the caption (dense supervision: every
+      object's size, colour and shape, and the count), first for half of them (at inference an open
+      question is the first turn), else at a random place among the others."""
     rng = np.random.default_rng(sample.seed)
     order = rng.permutation(len(sample.questions))
-    qas = sorted((sample.questions[i] for i in order), key=lambda qa: qa.qtype != "word")
-    turns = [(qa.question, qa.answer) for qa in qas[:k]]
+    qas = sorted((sample.questions[i] for i in order), key=lambda qa: qa.qtype != "word")[:k]
+    turns = [(qa.question, qa.answer) for qa in qas + _more_positions(sample, qas, positions, rng)]
     if rng.random() < caption_prob:
-        turns.append((CAPTION_QUESTIONS[int(rng.integers(len(CAPTION_QUESTIONS)))], sample.caption))
+        at = 0 if rng.random() < 0.5 else int(rng.integers(1, len(turns) + 1))
+        turns.insert(at, (CAPTION_QUESTIONS[int(rng.integers(len(CAPTION_QUESTIONS)))], sample.caption))
     return turns
+
+
+def _more_positions(sample, asked: list, n: int, rng: np.random.Generator) -> list:
+    """Up to `n` position questions (QA) about objects whose place `asked` does not give already."""
+    if n == 0:
+        return []
+    known = {qa.answer for qa in asked if qa.qtype == "position"}
+    fresh = [qa for qa in ask_each(sample.scene, "position", rng) if qa.answer not in known]
+    return [fresh[i] for i in rng.permutation(len(fresh))[:n]]
 
 
 def qa_batch(
@@ -68,11 +83,12 @@ def qa_batch(
     visual_tokens: int,
     k: int,
     caption_prob: float = 0.0,
+    positions: int = 0,
 ):
     """Stage 2 and 3 batch: pixels [B, 3, H, W], input_ids [B, T] and labels [B, T] with k turns per
     image, and the stage-1 slot targets [B, Tv, 2] that keep the visual tokens words."""
     samples = [make_sample("train", i, image_size) for i in indices]
-    rows = [encode_turns(layout, tokenizer, pick_turns(s, k, caption_prob)) for s in samples]
+    rows = [encode_turns(layout, tokenizer, pick_turns(s, k, caption_prob, positions)) for s in samples]
     slots = torch.stack([scene_targets(s.scene, visual_tokens) for s in samples])
     return (pixel_values([s.image for s in samples], image_size), *collate(rows, layout.pad), slots)
 

@@ -19,7 +19,8 @@ from runtime.errors import TrainingError
 
 # Fields that change what a step computes: a checkpoint only resumes a run that agrees on them.
 SCHEDULE_FIELDS = ("seed", "probe_steps", "probe_batch", "lm_steps", "batch_size", "questions_per_image",
-                   "caption_prob", "lora_rank", "slot_weight", "tower_lr_scale")  # fmt: skip
+                   "caption_prob", "lora_rank", "lora_projections", "position_turns", "slot_weight",
+                   "tower_lr_scale")  # fmt: skip
 # Fields of the last stage only: a checkpoint taken before that stage began resumes under any value
 # (its steps so far are exactly those of a fresh run of the new schedule), which extends a finished run.
 LAST_STAGE_FIELDS = ("polish_steps", "polish_lr", "polish_caption_prob")
@@ -80,7 +81,7 @@ MODEL_CARD = """# Model card: the embedded default target's vision tower
 
 `default_vision.safetensors` holds the vision tower (SigLIP-style, {tower}) and the pixel-shuffle
 connector of the embedded default target, whose language model is SmolLM2-135M-Instruct, plus rank-
-{lora_rank} LoRA adapters on the language model's query and value projections (`lora.*` tensors; the
+{lora_rank} LoRA adapters on the language model's attention projections ({projections}; `lora.*` tensors; the
 default target's build merges them into the dense weights once). {n_tensors} tensors,
 {n_params:,} parameters.
 
@@ -98,9 +99,11 @@ default target's build merges them into the dense weights once). {n_tensors} ten
 - Stage 2 ({lm_steps} steps, batch {batch_size} images x {qpi} questions, a caption turn for
   {caption_pct}% of the images): through the language model (frozen but for the LoRA adapters),
   cross-entropy on the answer tokens and their closing `<|im_end|>`, plus the stage-1 slot loss at
-  weight {slot_weight} so the visual tokens stay word embeddings. {tower_stage2}
-- Stage 3 ({polish_steps} steps, same batch): every answerable question of each image, a caption turn
-  for {polish_caption_pct}% of them, peak learning rate {polish_lr}.
+  weight {slot_weight} so the visual tokens stay word embeddings. {tower_stage2} Up to
+  {position_turns} more "Where is the ...?" turns per image about its other objects; the caption turn
+  comes first for half the images that have one, elsewhere among the turns for the rest.
+- Stage 3 ({polish_steps} steps, same batch): every answerable question of each image, the same extra
+  position turns, a caption turn for {polish_caption_pct}% of them, peak learning rate {polish_lr}.
 - Seed {seed}. The untrained tower it starts from is the embedded build's seeded initialisation.
 
 ## Reproduce
@@ -134,6 +137,8 @@ def write_model_card(path: Path, config, tensors: dict[str, torch.Tensor], tower
         qtypes=", ".join(QUESTION_TYPES),
         qpi=config.questions_per_image,
         lora_rank=config.lora_rank,
+        projections="/".join(config.lora_projections),
+        position_turns=config.position_turns,
         polish_steps=config.polish_steps,
         polish_lr=config.polish_lr,
         polish_caption_pct=round(100 * config.polish_caption_prob),

@@ -1,6 +1,7 @@
 """Low-rank adapters (LoRA) on the language model's attention projections, for vision training.
 
-Training wraps the query and value projections of every decoder layer with a rank-`r` update
+Training wraps the chosen attention projections (query, key, value, output: `projections="qkvo"`) of
+every decoder layer with a rank-`r` update
 `W x + (alpha / r) * B (A x)` (A: [r, in], B: [out, r], B starts at zero so training starts from the
 frozen model). What ships is the pair (A, B) per projection under `lora.<module path>.{A,B}`, a few
 hundred kilobytes; whoever loads the asset merges them into the dense weights once (`merge_lora`), so
@@ -13,7 +14,14 @@ import torch
 from torch import nn
 
 LORA_PREFIX = "lora."
-TARGET_SUFFIXES = ("self_attn.q_proj", "self_attn.v_proj")
+PROJECTIONS = "qkvo"  # the letters `attach_lora` accepts: self_attn.{q,k,v,o}_proj
+
+
+def projection_suffixes(projections: str) -> tuple[str, ...]:
+    """Module-name suffixes of the attention projections named by letters of PROJECTIONS."""
+    if not projections or set(projections) - set(PROJECTIONS):
+        raise ValueError(f"LoRA projections {projections!r}: use letters of {PROJECTIONS!r}, e.g. 'qv'")
+    return tuple(f"self_attn.{p}_proj" for p in projections)
 
 
 class LoRALinear(nn.Module):
@@ -30,12 +38,15 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
 
 
-def attach_lora(text_model: nn.Module, rank: int, alpha: float, prefix: str) -> dict[str, LoRALinear]:
-    """Wraps the attention projections of `text_model` in place; returns the adapters by the full
-    name (`prefix` + module path) of the projection they wrap."""
-    adapters = {}
+def attach_lora(
+    text_model: nn.Module, rank: int, alpha: float, prefix: str, projections: str = "qv"
+) -> dict[str, LoRALinear]:
+    """Wraps the attention projections named by `projections` (letters of PROJECTIONS) of
+    `text_model` in place; returns the adapters by the full name (`prefix` + module path) of the
+    projection they wrap."""
+    suffixes, adapters = projection_suffixes(projections), {}
     for name, module in list(text_model.named_modules()):
-        if name.endswith(TARGET_SUFFIXES) and isinstance(module, nn.Linear):
+        if name.endswith(suffixes) and isinstance(module, nn.Linear):
             parent_name, _, child = name.rpartition(".")
             adapter = LoRALinear(module, rank, alpha).to(module.weight.device)
             setattr(text_model.get_submodule(parent_name), child, adapter)
@@ -53,7 +64,14 @@ def lora_tensors(adapters: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
 
 
 def load_lora_tensors(adapters: dict[str, LoRALinear], tensors: dict[str, torch.Tensor]) -> None:
-    """Inverse of lora_tensors, into attached adapters (for resuming a run)."""
+    """Inverse of lora_tensors, into attached adapters (for resuming a run). The tensors must hold
+    exactly the adapters' pairs."""
+    stored = {k[len(LORA_PREFIX) : -2] for k in tensors if k.startswith(LORA_PREFIX) and k.endswith(".A")}
+    if stored != set(adapters):
+        raise ValueError(
+            f"LoRA tensors name {len(stored)} projections, the model has adapters on {len(adapters)}: "
+            f"e.g. {sorted(stored ^ set(adapters))[:2]}; attach adapters with the projections they were trained on"
+        )
     with torch.no_grad():
         for name, adapter in adapters.items():
             adapter.A.copy_(tensors[f"{LORA_PREFIX}{name}.A"])

@@ -76,7 +76,11 @@ class _Run:
         self.lora = {}
         if config.lora_rank:
             self.lora = attach_lora(
-                model.model.text_model, config.lora_rank, config.lora_alpha, "model.text_model."
+                model.model.text_model,
+                config.lora_rank,
+                config.lora_alpha,
+                "model.text_model.",
+                config.lora_projections,
             )
             self.vqa.refresh_prefix = True
         embeddings = model.model.text_model.get_input_embeddings().weight
@@ -161,7 +165,14 @@ class _Run:
             )
             tokenizer = self.processor.tokenizer
             batch = batches.qa_batch(
-                indices, self.layout, tokenizer, self.image_size, self.visual_tokens, turns, caption
+                indices,
+                self.layout,
+                tokenizer,
+                self.image_size,
+                self.visual_tokens,
+                turns,
+                caption,
+                cfg.position_turns,
             )
             loss = self.qa_loss(*(t.to(self.device) for t in batch))
             local = self.step - cfg.stage_start(self.stage)

@@ -1,5 +1,6 @@
 """LoRA adapters: a zero update at the start, exact merge into dense weights, and a lossless round trip."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -65,3 +66,13 @@ def test_round_trip_and_split():
     )
     plain, lora = split_lora({**tensors, "model.vision_model.w": torch.zeros(1)})
     assert list(plain) == ["model.vision_model.w"] and lora.keys() == tensors.keys()
+
+
+def test_projections_choose_the_wrapped_modules_and_must_match_on_load():
+    model = _Tiny()
+    adapters = attach_lora(model, rank=2, alpha=4.0, prefix="", projections="qvo")
+    assert sorted(adapters) == [f"layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "oqv"]
+    with pytest.raises(ValueError, match="letters of"):
+        attach_lora(_Tiny(), rank=2, alpha=4.0, prefix="", projections="qx")
+    with pytest.raises(ValueError, match="projections they were trained on"):
+        load_lora_tensors(attach_lora(_Tiny(), rank=2, alpha=4.0, prefix=""), lora_tensors(adapters))

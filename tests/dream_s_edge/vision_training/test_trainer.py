@@ -61,7 +61,14 @@ def test_shipped_tensors_reproduce_the_trained_model(tiny_target, tmp_path):
             plain, lora = split_lora(tensors)
             load_trained(model, plain)
             load_lora_tensors(
-                attach_lora(model.model.text_model, cfg.lora_rank, cfg.lora_alpha, "model.text_model."), lora
+                attach_lora(
+                    model.model.text_model,
+                    cfg.lora_rank,
+                    cfg.lora_alpha,
+                    "model.text_model.",
+                    cfg.lora_projections,
+                ),
+                lora,
             )
         batch = val_batches(2, 2, layout, processor.tokenizer, 64, processor.image_seq_len)[0]
         with torch.no_grad():
@@ -99,7 +106,12 @@ def test_answer_loss_keeps_the_slot_loss(tiny_target, tmp_path):
 
     run = _Run(_config(tiny_target, tmp_path))
     batch = batches.qa_batch(
-        train_indices(run.config, 2), run.layout, run.processor.tokenizer, run.image_size, run.visual_tokens, 2
+        train_indices(run.config, 2),
+        run.layout,
+        run.processor.tokenizer,
+        run.image_size,
+        run.visual_tokens,
+        2,
     )
     with torch.no_grad():
         anchored = run.qa_loss(*batch)
