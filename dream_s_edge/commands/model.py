@@ -106,7 +106,7 @@ def _add_target(sub: argparse._SubParsersAction) -> None:
         "train-vision", help="train the default target's vision tower on scene QA (resumable)"
     )
     train.add_argument(
-        "--preset", default="default", choices=sorted(VISION_PRESETS), help="default: about 65 min on 2 idle CPU cores"
+        "--preset", default="default", choices=sorted(VISION_PRESETS), help="default: about 90 min on 2 idle CPU cores"
     )
     add_config_flags(train, VisionTrainConfig, VISION_TRAIN_FLAGS, overrides_only=True)
     train.set_defaults(func=_run_train_vision)

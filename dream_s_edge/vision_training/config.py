@@ -92,8 +92,8 @@ class VisionTrainConfig:
 
 
 PRESETS: dict[str, VisionTrainConfig] = {
-    # The shipped weights. Measured on 2 CPU cores: stage 1 ~0.85 s/step, stage 2 ~5 s/step, stage 3
-    # ~4.5 s/step, so 2400 * 0.85 + 320 * 5 + 260 * 5 + validation ~= 85 min: inside 2 hours.
+    # The shipped weights. Measured on 2 idle CPU cores: stage 1 ~0.8 s/step, stage 2 ~5 s/step, stage 3
+    # ~6.2 s/step, so 2400 * 0.8 + 320 * 5 + 260 * 6.2 + validation ~= 87 min: inside 2 hours.
     "default": VisionTrainConfig(),
     # A few minutes: shows that both stages lower their loss.
     "smoke": VisionTrainConfig(
