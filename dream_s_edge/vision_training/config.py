@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dream_s_edge.vision_training.lora import projection_suffixes
+PROJECTIONS = "qkvo"  # the attention projections LoRA can wrap: self_attn.{q,k,v,o}_proj
+
+
+def projection_suffixes(projections: str) -> tuple[str, ...]:
+    """Module-name suffixes of the attention projections named by letters of PROJECTIONS."""
+    if not projections or set(projections) - set(PROJECTIONS):
+        raise ValueError(f"LoRA projections {projections!r}: use letters of {PROJECTIONS!r}, e.g. 'qv'")
+    return tuple(f"self_attn.{p}_proj" for p in projections)
 
 
 @dataclass(frozen=True)

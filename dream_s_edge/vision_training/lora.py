@@ -13,15 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dream_s_edge.vision_training.config import projection_suffixes
+
 LORA_PREFIX = "lora."
-PROJECTIONS = "qkvo"  # the letters `attach_lora` accepts: self_attn.{q,k,v,o}_proj
-
-
-def projection_suffixes(projections: str) -> tuple[str, ...]:
-    """Module-name suffixes of the attention projections named by letters of PROJECTIONS."""
-    if not projections or set(projections) - set(PROJECTIONS):
-        raise ValueError(f"LoRA projections {projections!r}: use letters of {PROJECTIONS!r}, e.g. 'qv'")
-    return tuple(f"self_attn.{p}_proj" for p in projections)
 
 
 class LoRALinear(nn.Module):
