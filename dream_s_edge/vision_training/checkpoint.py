@@ -122,8 +122,9 @@ dream-s-edge target eval
 
 The tower has only seen synthetic scenes: on photographs the language model still answers fluently,
 but no accuracy is claimed for them, and an open question about a photograph tends to get a
-description in the scenes' style ("Six shapes on a textured background: a medium red square, ..."). The LoRA adapters change the language model slightly, so the
-default target's text-only answers are close to, not identical with, SmolLM2-135M-Instruct's.
+description in the scenes' style ("Six shapes on a textured background: a medium red square, ...").
+The LoRA adapters change the language model slightly, so the default target's text-only answers are
+close to, not identical with, SmolLM2-135M-Instruct's.
 """
 
 

@@ -33,7 +33,7 @@ class LoRALinear(nn.Module):
 
 
 def attach_lora(
-    text_model: nn.Module, rank: int, alpha: float, prefix: str, projections: str = "qv"
+    text_model: nn.Module, rank: int, alpha: float, prefix: str, projections: str
 ) -> dict[str, LoRALinear]:
     """Wraps the attention projections named by `projections` (letters of PROJECTIONS) of
     `text_model` in place; returns the adapters by the full name (`prefix` + module path) of the

@@ -35,7 +35,7 @@ def test_adapters_start_as_identity_and_merge_exactly():
     torch.manual_seed(0)
     model, x = _Tiny(), torch.randn(3, 8)
     reference = model(x)
-    adapters = attach_lora(model, rank=2, alpha=4.0, prefix="")
+    adapters = attach_lora(model, rank=2, alpha=4.0, prefix="", projections="qv")
     assert sorted(adapters) == [f"layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
     assert torch.equal(model(x), reference)  # B starts at zero
     for adapter in adapters.values():
@@ -55,11 +55,11 @@ def test_adapters_start_as_identity_and_merge_exactly():
 def test_round_trip_and_split():
     torch.manual_seed(1)
     model = _Tiny()
-    adapters = attach_lora(model, rank=2, alpha=4.0, prefix="text.")
+    adapters = attach_lora(model, rank=2, alpha=4.0, prefix="text.", projections="qv")
     for adapter in adapters.values():
         nn.init.normal_(adapter.B)
     tensors = lora_tensors(adapters)
-    other = attach_lora(_Tiny(), rank=2, alpha=4.0, prefix="text.")
+    other = attach_lora(_Tiny(), rank=2, alpha=4.0, prefix="text.", projections="qv")
     load_lora_tensors(other, tensors)
     assert all(
         torch.allclose(other[n].B, adapters[n].B) and torch.equal(other[n].A, adapters[n].A) for n in adapters
@@ -75,4 +75,4 @@ def test_projections_choose_the_wrapped_modules_and_must_match_on_load():
     with pytest.raises(ValueError, match="letters of"):
         attach_lora(_Tiny(), rank=2, alpha=4.0, prefix="", projections="qx")
     with pytest.raises(ValueError, match="projections they were trained on"):
-        load_lora_tensors(attach_lora(_Tiny(), rank=2, alpha=4.0, prefix=""), lora_tensors(adapters))
+        load_lora_tensors(attach_lora(_Tiny(), rank=2, alpha=4.0, prefix="", projections="qv"), lora_tensors(adapters))
