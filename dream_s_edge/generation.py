@@ -53,11 +53,13 @@ class TreeOptions:
     top_k: int = 4
     depth: int = 5
     node_budget: int = 16  # nodes verified per target pass, root included
+    min_prob: float = 0.0  # dynamic: prune candidates below this cumulative draft probability (0: none)
 
     def spec(self) -> TreeSpec:
         """The runtime's tree spec."""
         if self.kind == "dynamic":
-            return TreeSpec.dynamic(top_k=self.top_k, depth=self.depth, node_budget=self.node_budget)
+            return TreeSpec.dynamic(top_k=self.top_k, depth=self.depth, node_budget=self.node_budget,
+                                    min_prob=self.min_prob)
         if self.kind == "chain":
             return TreeSpec.chain(self.depth)
         return TreeSpec.from_name(self.kind)

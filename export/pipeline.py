@@ -117,8 +117,7 @@ def source_model_dir(adapter) -> str | None:
 
 def tree_dict(tree: TreeSpec) -> dict:
     """The manifest's tree section."""
-    return {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget,
-            "choices": [list(c) for c in tree.choices]}
+    return tree.to_dict()
 
 
 def export_target(adapter, out: Path, arts: Artifacts, feature_layers: tuple[int, ...], config: ExportConfig) -> None:

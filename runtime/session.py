@@ -43,9 +43,7 @@ class Answer:
 
 def tree_from_manifest(section: dict) -> TreeSpec:
     """The manifest's tree section -> TreeSpec."""
-    if section["kind"] == "static":
-        return TreeSpec.static(tuple(tuple(c) for c in section["choices"]), top_k=section["top_k"])
-    return TreeSpec.dynamic(top_k=section["top_k"], depth=section["depth"], node_budget=section["node_budget"])
+    return TreeSpec.from_dict(section)
 
 
 class Session:

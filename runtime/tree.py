@@ -63,6 +63,11 @@ class TreeSpec:
         node_budget: N, nodes one verify call takes, root included.
         choices: static trees only: the non-root nodes as paths of child ranks from the root, e.g.
             ((0,), (1,), (0, 0)) is root -> {top-1, top-2}, top-1 -> top-1. Stored sorted.
+        min_prob: dynamic trees only: candidates whose cumulative draft probability is below it are
+            left out, and the tree stops growing at a depth where no frontier node reaches it; the
+            tree then holds fewer than N nodes (verify runs on what is left). 0: always N nodes.
+            Worth it where each verified node costs (a CPU): a node pays when its acceptance
+            probability times t_AR exceeds the extra verify time it costs (`search.latency`).
     """
 
     kind: str
@@ -70,6 +75,7 @@ class TreeSpec:
     depth: int
     node_budget: int
     choices: tuple[tuple[int, ...], ...] = field(default=())
+    min_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in TREE_KINDS:
@@ -79,9 +85,13 @@ class TreeSpec:
                 "A tree needs top_k >= 1, depth >= 1 and node_budget >= 2.",
                 note=f"top_k={self.top_k}, depth={self.depth}, node_budget={self.node_budget}",
             )
+        if not 0.0 <= self.min_prob < 1.0:
+            raise SpecMismatchError("A tree's min_prob must lie in [0, 1).", note=f"min_prob={self.min_prob}")
         if self.kind == "static":
             object.__setattr__(self, "choices", _sorted_choices(self.choices))
             self._check_static()
+            if self.min_prob:
+                raise SpecMismatchError("A static tree takes no min_prob.", hint='Use kind="dynamic".')
         elif self.choices:
             raise SpecMismatchError("A dynamic tree takes no choices.", hint='Use kind="static".')
 
@@ -117,9 +127,26 @@ class TreeSpec:
         return cls.static([(0,) * d for d in range(1, depth + 1)])
 
     @classmethod
-    def dynamic(cls, top_k: int, depth: int, node_budget: int) -> TreeSpec:
-        """An EAGLE-2 dynamic tree (paper setting: top_k 4, depth 6, node_budget 32)."""
-        return cls("dynamic", top_k, depth, node_budget)
+    def dynamic(cls, top_k: int, depth: int, node_budget: int, min_prob: float = 0.0) -> TreeSpec:
+        """An EAGLE-2 dynamic tree (paper setting: top_k 4, depth 6, node_budget 32), optionally pruned
+        of candidates below `min_prob` cumulative draft probability."""
+        return cls("dynamic", top_k, depth, node_budget, min_prob=min_prob)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (manifests, reports); `min_prob` only when set, as older readers expect."""
+        out = {"kind": self.kind, "top_k": self.top_k, "depth": self.depth, "node_budget": self.node_budget,
+               "choices": [list(c) for c in self.choices]}
+        if self.min_prob:
+            out["min_prob"] = self.min_prob
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TreeSpec:
+        """Inverse of `to_dict` (also reads sections written before `min_prob` existed)."""
+        if data["kind"] == "static":
+            return cls.static(tuple(tuple(c) for c in data["choices"]), top_k=int(data["top_k"]))
+        return cls.dynamic(int(data["top_k"]), int(data["depth"]), int(data["node_budget"]),
+                           float(data.get("min_prob", 0.0)))
 
     @classmethod
     def from_name(cls, name: str) -> TreeSpec:
@@ -381,7 +408,10 @@ def dynamic_tree(
     Candidates at depth 1 are the root's top-k. At each depth d < D the k best candidates of depth d
     (the frontier, by cumulative log-prob) go through one `tree_step`, giving k x k candidates at
     depth d + 1. Finally the best N - 1 candidates of all depths, plus the root, form the tree;
-    too few candidates leave invalid padding nodes.
+    too few candidates leave invalid padding nodes. With `spec.min_prob`, frontier and tree keep only
+    candidates of cumulative probability >= min_prob (a child never scores above its parent, so the
+    tree stays closed under parents), growth stops early when no frontier candidate is left, and the
+    tree is not padded: it has between 1 and N nodes.
 
     Args:
         spec: a dynamic TreeSpec.
@@ -391,7 +421,7 @@ def dynamic_tree(
         root_position: absolute position of the root.
 
     Returns:
-        TreeBuffers with exactly N = spec.node_budget nodes, closed under parents.
+        TreeBuffers closed under parents: N = spec.node_budget nodes, or 1..N with spec.min_prob.
     """
     _check_proposal(proposal, 1, spec.top_k)
     k = spec.top_k
@@ -400,19 +430,26 @@ def dynamic_tree(
     parents = np.full(k, -1, dtype=np.int64)  # [C] parent candidate, -1 = the root
     depth = np.ones(k, dtype=np.int64)  # [C]
     slot_of: dict[int, int] = {}
+    floor = np.log(spec.min_prob) if spec.min_prob > 0 else -np.inf
     block = np.arange(k)  # candidates of the deepest level so far
     for d in range(1, spec.depth):
-        frontier = block[_top(scores[block], k)]  # [k]
-        slots = (d - 1) * k + np.arange(k)
+        frontier = block[_top(scores[block], k)]  # [f <= k]
+        frontier = frontier[scores[frontier] >= floor]
+        if frontier.size == 0:
+            break
+        f = frontier.size
+        slots = (d - 1) * k + np.arange(f)
         slot_of.update(zip(frontier.tolist(), slots.tolist(), strict=True))
         anc = [[slot_of[a] for a in _candidate_ancestors(parents, int(c))] for c in frontier]
-        step = _run_step(draft, spec, tokens[frontier], slots, anc, root_position + d, np.empty(0))
-        block = tokens.shape[0] + np.arange(k * k)
+        unused = (d - 1) * k + np.arange(f, k)  # this depth's slots no candidate holds: step padding
+        step = _run_step(draft, spec, tokens[frontier], slots, anc, root_position + d, unused)
+        block = tokens.shape[0] + np.arange(f * k)
         tokens = np.concatenate([tokens, step.token_ids.reshape(-1).astype(np.int64)])
         scores = np.concatenate([scores, (scores[frontier, None] + _clamp(step.logprobs)).reshape(-1)])
         parents = np.concatenate([parents, np.repeat(frontier, k)])
-        depth = np.concatenate([depth, np.full(k * k, d + 1, dtype=np.int64)])
+        depth = np.concatenate([depth, np.full(f * k, d + 1, dtype=np.int64)])
     keep = _select(parents, scores, depth, spec.node_budget - 1)  # [m] ascending
+    keep = keep[scores[keep] >= floor]
     return _pack(spec, root, keep, tokens, parents, scores)
 
 
@@ -435,8 +472,10 @@ def _candidate_ancestors(parents: np.ndarray, c: int) -> list[int]:
 def _pack(
     spec: TreeSpec, root: int, keep: np.ndarray, tokens: np.ndarray, parents: np.ndarray, scores: np.ndarray
 ) -> TreeBuffers:
-    """Lays the kept candidates out as nodes 1..m (padding m+1..N-1 with invalid nodes)."""
-    n, m = spec.node_budget, keep.shape[0]
+    """Lays the kept candidates out as nodes 1..m (padding m+1..N-1 with invalid nodes; a pruned
+    spec, min_prob > 0, is not padded: N = m + 1)."""
+    m = keep.shape[0]
+    n = m + 1 if spec.min_prob > 0 else spec.node_budget
     if m < n - 1:
         logger.debug("dynamic tree: %d candidates for %d nodes; padding with invalid nodes", m, n - 1)
     node_of = {int(c): j + 1 for j, c in enumerate(keep)}

@@ -42,7 +42,7 @@ class TauCheckConfig:
     out: Path  # JSON report (a scatter plot is written beside it, .png)
     model: str = "default"  # target: 'default' or a local HF folder
     subnets: int = 12  # sub-networks compared (at least 10 for the issue's figure)
-    prompts: int = 8  # calibration prompts of τ̂
+    prompts: int = 8  # calibration prompts of τ̂ (held-out scene QA, photos and open scenes in turn)
     measure_prompts: int = 8  # prompts τ is measured on (after the calibration ones, disjoint)
     same_prompts: bool = False  # measure τ on the calibration prompts instead
     max_new_tokens: int = 32
@@ -114,7 +114,7 @@ def run_tau_check(config: TauCheckConfig) -> dict:
     """
     import torch
 
-    from dream_s_edge.distill.prompts import heldout_prompts
+    from dream_s_edge.distill.prompts import mixed_heldout_prompts
     from dream_s_edge.generation import TreeOptions
     from search.run import load_net_and_space, record_prompts
     from search.supernet import param_count
@@ -126,7 +126,7 @@ def run_tau_check(config: TauCheckConfig) -> dict:
         logger.warning("only %d sub-networks in the grid; a rank correlation over fewer than 10 says little",
                        len(choices))
     measure_count = 0 if config.same_prompts else config.measure_prompts
-    specs = heldout_prompts(config.prompts + measure_count, 0, config.seed)
+    specs = mixed_heldout_prompts(config.prompts + measure_count, config.seed)
     calibration = specs[: config.prompts]
     measured_on = calibration if config.same_prompts else specs[config.prompts: config.prompts + measure_count]
     tree = TreeOptions(top_k=config.top_k, depth=config.depth, node_budget=config.node_budget)

@@ -189,9 +189,7 @@ def round_features(spec: dict, tree: TreeSpec, accepted: int, past: int, dims: t
 
 
 def _tree(section: dict) -> TreeSpec:
-    if section["kind"] == "static":
-        return TreeSpec.static(tuple(tuple(c) for c in section["choices"]), top_k=section["top_k"])
-    return TreeSpec.dynamic(section["top_k"], section["depth"], section["node_budget"])
+    return TreeSpec.from_dict(section)
 
 
 def nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:

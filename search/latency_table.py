@@ -179,3 +179,29 @@ def select_entry(table: dict, **key) -> dict:
         raise LatencyTableError(f"{len(found)} latency table entries match {key}.", note=f"entries: {keys}",
                                 hint="name the device / backend / precision")
     return found[0]
+
+
+def flat_verify_entry(entry: dict, label: str = "flat verify") -> dict:
+    """A what-if entry derived from a measured one: every verify row costs what one node costs at its
+    past length, as on a large GPU whose verify time hardly grows with the node count. Everything
+    else (draft, prefill, vision, host) is kept. The key's device gets `label` appended and the
+    entry's meta records what it was derived from, so it is never taken for a measurement.
+
+    Raises:
+        LatencyTableError: the entry has no one-node verify row at some past length.
+    """
+    import copy
+
+    out = copy.deepcopy(entry)
+    one = {row["past"]: row["ms"] for row in entry["stages"]["verify"] if row["nodes"] == 1}
+    missing = sorted({row["past"] for row in entry["stages"]["verify"]} - set(one))
+    if missing:
+        raise LatencyTableError("The entry has no one-node verify time to flatten to.",
+                                note=f"past lengths without a nodes=1 row: {missing}",
+                                hint="profile with the default verify grid (it includes one node)")
+    for row in out["stages"]["verify"]:
+        row["ms"] = one[row["past"]]
+    out["stages"].pop("layers", None)
+    out["key"]["device"] = f"{entry['key']['device']} ({label})"
+    out["meta"]["derived"] = {"from": dict(entry["key"]), "how": "verify ms of every node count := its 1-node ms"}
+    return out

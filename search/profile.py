@@ -223,8 +223,7 @@ def draft_jobs(draft, name: str, spec: dict, grid: ProfileGrid, tree, rng) -> tu
         tokens = rng.integers(10, vocab - 10, ROUND_ACCEPTED)
         feats = rng.standard_normal((ROUND_ACCEPTED, draft.feature_dim)).astype(np.float32)
         rows.append({"variant": name, "spec": spec, "call": "round", "new": ROUND_ACCEPTED, "past": past,
-                     "tree": {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth,
-                              "node_budget": tree.node_budget, "choices": [list(c) for c in tree.choices]}})
+                     "tree": tree.to_dict()})
         jobs.append((partial(_round, draft, tree, tokens, feats), partial(_fake_state, draft, past)))
     return rows, jobs
 

@@ -8,6 +8,13 @@ Data flow::
         OUT/candidates.json (every scored pair, the Pareto front marked), OUT/pareto.png (τ̂
         against step latency), OUT/draft/ (the chosen
         sub-network extracted as a standalone draft folder, what `dream-s-edge export` takes)
+    --compare table entry (optional) --the same τ̂--> a second search --> OUT/compare.json,
+        OUT/compare.png (search/compare.py: both choices, each costed on both tables)
+    --confirm K (optional, ort-cpu table) --> the top K candidates and a baseline exported over
+        an artifact folder's target and decoded for real --> OUT/confirm.json (search/confirm.py)
+
+τ̂ is computed once, whatever the number of tables: acceptance depends on the draft, the tree and
+the target's continuations, not on the device.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from search.compare import TableSelection
+from search.confirm import ConfirmConfig
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +42,7 @@ class SearchConfig:
     device: str | None = None  # latency table entry key fields (None: the only entry)
     backend: str | None = None
     precision: str | None = None
-    prompts: int = 8  # calibration prompts (held-out scenes) the τ̂ replay runs on
+    prompts: int = 8  # calibration prompts the τ̂ replay runs on (held-out scene QA, photos, open scenes in turn)
     max_new_tokens: int = 32  # tokens decoded per calibration prompt
     max_context: int = 1024
     seed: int = 0  # calibration prompt seed
@@ -50,33 +60,111 @@ class SearchConfig:
     max_params: int | None = None  # constraints
     max_step_ms: float | None = None
     interactions: tuple[str, ...] = field(default=())  # () = the training space's (every branch)
+    compare: TableSelection | None = None  # a second device's table entry, searched with the same τ̂
+    confirm: ConfirmConfig | None = None  # decode the top candidates for real (needs an ort-cpu --table)
+
+    @property
+    def selection(self) -> TableSelection:
+        """The ranking table's entry (`table` and its key fields)."""
+        return TableSelection(self.table, self.device, self.backend, self.precision)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Everything one `dream-s-edge search` produced (also written under `SearchConfig.out`).
+
+    Attributes:
+        result: the choice on the ranking table (search.json).
+        candidates: every scored pair on that table (candidates.json).
+        compare: the side-by-side search of the compare table (compare.json), or None.
+        confirm: the real runs of the top candidates (confirm.json), or None.
+    """
+
+    result: object  # search.search.SearchResult
+    candidates: list
+    compare: object | None = None  # search.compare.CompareReport
+    confirm: object | None = None  # search.confirm.ConfirmReport
 
 
 def run_search(config: SearchConfig):
     """Runs the whole search; returns the SearchResult (also written under `config.out`)."""
+    return run_search_outcome(config).result
+
+
+def run_search_outcome(config: SearchConfig) -> SearchOutcome:
+    """The search, then the comparison and the confirmation runs its config asks for.
+
+    Tables, the compare entry and the artifact folder are read first, so a bad flag fails before
+    the minutes of τ̂ replay.
+    """
     import torch
 
-    from search.latency import LatencyModel
-    from search.latency_table import load_table, select_entry
-    from search.search import SearchConstraints, pareto_front, search_drafts, tree_grid
-    from search.supernet import param_count
+    from search.confirm import baseline_tree, open_artifacts
+    from search.search import pareto_front, tree_grid
 
-    entry = select_entry(load_table(config.table), device=config.device, backend=config.backend,
-                         precision=config.precision)
+    entry = config.selection.entry()
+    other = config.compare.entry() if config.compare is not None else None
+    manifest = open_artifacts(config.confirm, entry) if config.confirm is not None else None
     adapter, net, space = load_net_and_space(config)
     specs = {c: net.subnet_spec(c) for c in space.choices()}
     trees = tree_grid(config.top_ks, config.depths, config.node_budgets)
-    records = _records(adapter, space, config, max(t.depth for t in trees))
+    pairs = [(c, t) for c in specs for t in trees]
+    base_tree = baseline_tree(config.confirm)
+    extra = [(space.largest(), base_tree)] if base_tree is not None and base_tree not in trees else []
+    records = _records(adapter, space, config, max(t.depth for _, t in pairs + extra))
     with torch.inference_mode():
-        tau_of = _tau_table(adapter, net, specs, trees, records, config)
-    provenance = {"table": str(config.table), "supernet": str(config.supernet), "model": config.model,
+        tau_of = _tau_table(adapter, net, pairs + extra, records, config)  # once for every table
+    provenance = {"supernet": str(config.supernet), "model": config.model,
                   "tau": f"replay of {len(records)} held-out prompts (seed {config.seed}), "
                          f"{config.max_new_tokens} new tokens, greedy"}
-    result, candidates = search_drafts(
-        LatencyModel(entry), specs, trees, lambda c, t: tau_of[(c, t)], param_count, config.past,
-        constraints=SearchConstraints(config.max_params, config.max_step_ms), provenance=provenance)
+    result, candidates = _search_table(entry, config.table, specs, trees, tau_of, config, provenance)
     _write(config.out, net, result, candidates, pareto_front(candidates))
-    return result
+    compare = confirm = None
+    if other is not None:
+        compare = _compare(config, entry, result, other, specs, trees, tau_of, provenance)
+    if manifest is not None:
+        confirm = _confirm(config, manifest, net, specs, candidates, space.largest(), base_tree, tau_of, entry)
+    return SearchOutcome(result, candidates, compare, confirm)
+
+
+def _search_table(entry: dict, table, specs, trees, tau_of: dict, config: SearchConfig, provenance: dict):
+    """(SearchResult, candidates) of one table entry over the shared τ̂ table."""
+    from search.latency import LatencyModel
+    from search.search import SearchConstraints, search_drafts
+    from search.supernet import param_count
+
+    return search_drafts(
+        LatencyModel(entry), specs, trees, lambda c, t: tau_of[(c, t)], param_count, config.past,
+        constraints=SearchConstraints(config.max_params, config.max_step_ms),
+        provenance={"table": str(table), **provenance})
+
+
+def _compare(config: SearchConfig, entry: dict, result, other: dict, specs, trees, tau_of, provenance):
+    """The compare table's search, both choices costed on both tables -> compare.json and compare.png."""
+    from search.compare import compare_choices, plot_compare
+
+    second, _ = _search_table(other, config.compare.path, specs, trees, tau_of, config, provenance)
+    report = compare_choices([(config.selection, entry, result), (config.compare, other, second)], config.past,
+                             provenance=provenance)
+    report.save(Path(config.out) / "compare.json")
+    plot_compare(report, Path(config.out) / "compare.png")
+    return report
+
+
+def _confirm(config: SearchConfig, manifest, net, specs, candidates, largest, base_tree, tau_of, entry):
+    """Ranks the candidates, prices the baseline on the ranking table, decodes them -> confirm.json."""
+    from search.confirm import confirm_candidates
+    from search.latency import LatencyModel
+    from search.search import Candidate, predicted_step
+    from search.supernet import param_count
+
+    ranked = sorted(candidates, key=lambda c: (c.speedup, -c.params), reverse=True)
+    baseline = None
+    if base_tree is not None:
+        tau = tau_of[(largest, base_tree)]
+        speedup, step, _ = predicted_step(LatencyModel(entry), specs[largest], base_tree, tau, config.past)
+        baseline = Candidate(largest, base_tree, tau, step, speedup, param_count(specs[largest]))
+    return confirm_candidates(config.confirm, manifest, net, specs, ranked, baseline, entry["key"], config.out)
 
 
 def load_search_target(model: str, folder, keep_ratios: tuple[float, ...] = ()):
@@ -126,9 +214,9 @@ def resolve_space(net, folder, target_num_layers: int, injection_layers: int | N
 
 def _records(adapter, space, config: SearchConfig, depth: int):
     """Target continuations of the calibration prompts, with every candidate injection layer."""
-    from dream_s_edge.distill.prompts import heldout_prompts
+    from dream_s_edge.distill.prompts import mixed_heldout_prompts
 
-    prompts = heldout_prompts(config.prompts, 0, config.seed)[: config.prompts]
+    prompts = mixed_heldout_prompts(config.prompts, config.seed)
     return record_prompts(adapter, space, prompts, config.max_new_tokens, config.max_context, depth)
 
 
@@ -166,14 +254,17 @@ def record_prompts(adapter, space, prompts, max_new_tokens: int, max_context: in
     return records
 
 
-def _tau_table(adapter, net, specs, trees, records, config: SearchConfig) -> dict:
-    """τ̂ of every (choice, tree) by replay; one extracted draft per choice."""
+def _tau_table(adapter, net, pairs: list, records, config: SearchConfig) -> dict:
+    """τ̂ of every (choice, tree) pair by replay; one extracted draft per choice."""
     from dream_s_edge.runners.draft_factory import draft_runner
     from search.supernet import build_subnet
     from search.tau_estimate import estimate_tau
 
+    trees_of: dict = {}
+    for choice, tree in pairs:
+        trees_of.setdefault(choice, []).append(tree)
     taus = {}
-    for choice in specs:
+    for choice, trees in trees_of.items():
         model = build_subnet(net, choice)
         for tree in trees:
             runner = draft_runner(adapter, model, config.max_context, tree)

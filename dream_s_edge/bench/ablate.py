@@ -38,7 +38,8 @@ _BUILTIN_DRAFTS = ("untrained", "oracle")
 _FLAGS = {"backend": "--backend", "prompts": "--prompts", "json_out": "--json", "model": "--model",
           "draft": "--draft", "artifacts": "--artifacts", "precision": "--precision",
           "max_new_tokens": "--max-new-tokens", "max_context": "--max-context", "tree_kind": "--tree",
-          "top_k": "--top-k", "depth": "--depth", "node_budget": "--node-budget", "limit": "--limit",
+          "top_k": "--top-k", "depth": "--depth", "node_budget": "--node-budget", "min_prob": "--min-prob",
+          "limit": "--limit",
           "threads": "--threads", "attention": "--attention"}
 
 
@@ -156,11 +157,30 @@ def _row(name: str, value: str, bench: BenchConfig, report: dict) -> dict:
         "interaction": spec.get("interaction"), "feature_layers": spec.get("feature_layers"),
         "visual_keep_ratio": spec.get("visual_keep_ratio"), "draft_layers": spec.get("num_layers"),
         "tau": report["tau"]["mean"], "tau_histogram": report["tau"]["histogram"],
+        "early_target": early_target(value),
         "tokens_per_s": report["tokens_per_s"], "speedup": report["speedup"],
+        "decode_speedup": report.get("decode_speedup"),
         "identical_prompts": report["identical_prompts"], "prompts": report["prompts"],
         "greedy_identical": report["greedy_identical"],
         "report": bench.json_out, "command": shlex.join(bench_command(bench)),
     }
+
+
+def early_target(folder: str) -> str | None:
+    """What a trained draft's early block was distilled towards, from its config.json: "entropy layer"
+    (DREAM's entropy-selected layer), "last layer", or None (no record: untrained, oracle, an export)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        train = json.loads(path.read_text()).get("distillation", {}).get("train_config") or {}
+    except json.JSONDecodeError:
+        return None
+    if not train:
+        return None
+    if not train.get("intermed_weight", 0.2):
+        return "none"
+    return {"entropy": "entropy layer", "last": "last layer"}.get(train.get("intermed_source", "entropy"))
 
 
 def bench_command(config: BenchConfig) -> list[str]:
@@ -204,17 +224,20 @@ def table_lines(combined: dict, plot_name: str | None = None) -> list[str]:
         f" host {combined['host']}): {combined['prompts']} prompts from `{combined['prompts_file']}`, greedy, at most"
         f" {combined['max_new_tokens']} new tokens. Each row is one run in which autoregressive and speculative"
         " decoding ran side by side on the same prompts with the same target runner; the speedup is the ratio"
-        " of their tokens/s, and \"identical\" counts prompts whose greedy outputs agree token for token.", "",
-        "| name | draft | interaction | feature layers | visual keep | τ mean | AR tokens/s | speculative tokens/s "
-        "| speedup | identical |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        " of their tokens/s (prefill included), the decode speedup the same without each prompt's prefill and"
+        " first token, \"early target\" what the draft's early block was distilled towards, and \"identical\""
+        " counts prompts whose greedy outputs agree token for token.", "",
+        "| name | draft | interaction | early target | feature layers | visual keep | τ mean | AR tokens/s "
+        "| speculative tokens/s | speedup | decode speedup | identical |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in combined["rows"]:
         rate = row["tokens_per_s"]
         lines.append(
-            f"| {row['name']} | `{row['draft']}` | {row['interaction'] or '-'} | {_layers(row)} "
-            f"| {_fmt(row['visual_keep_ratio'], 'g')} | {row['tau']:.2f} | {rate['autoregressive']:.1f} "
-            f"| {rate['speculative']:.1f} | {row['speedup']:.2f}x | {row['identical_prompts']}/{row['prompts']} |")
+            f"| {row['name']} | `{row['draft']}` | {row['interaction'] or '-'} | {row.get('early_target') or '-'} "
+            f"| {_layers(row)} | {_fmt(row['visual_keep_ratio'], 'g')} | {row['tau']:.2f} "
+            f"| {rate['autoregressive']:.1f} | {rate['speculative']:.1f} | {row['speedup']:.2f}x "
+            f"| {_fmt(row.get('decode_speedup'), '.2f')}x | {row['identical_prompts']}/{row['prompts']} |")
     if plot_name:
         lines += ["", f"![τ, tokens/s and speedup per draft]({plot_name})"]
     lines += ["", "## Commands", "", "The whole table:", "", f"    {combined['command']}", "",

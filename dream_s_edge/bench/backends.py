@@ -107,7 +107,8 @@ class TorchBackend:
         self.config = config
         self.adapter = _load(config)
         self.tree = TreeOptions(kind=config.tree_kind or "dynamic", top_k=config.top_k or 4,
-                                depth=config.depth or 5, node_budget=config.node_budget or 16).spec()
+                                depth=config.depth or 5, node_budget=config.node_budget or 16,
+                                min_prob=config.min_prob or 0.0).spec()
         self.ar_target = TorchTargetRunner(self.adapter, RunnerLimits(config.max_context, 1))
         self.spec_target, self.draft = speculative_runners(self.adapter, config.draft, config.max_context, self.tree)
         self.device = f"{self.adapter.device} ({torch.get_num_threads()} threads)"
@@ -213,9 +214,11 @@ def artifact_tree(manifest, config) -> TreeSpec:
     if config.tree_kind not in (None, tree.kind):
         raise UserInputError(f"The artifacts were exported with a {tree.kind} tree, not {config.tree_kind}.",
                              hint="drop --tree, or re-export with the tree you want")
-    if tree.kind == "dynamic" and any(v is not None for v in (config.top_k, config.depth, config.node_budget)):
+    resized = (config.top_k, config.depth, config.node_budget, config.min_prob)
+    if tree.kind == "dynamic" and any(v is not None for v in resized):
         tree = TreeSpec.dynamic(top_k=config.top_k or tree.top_k, depth=config.depth or tree.depth,
-                                node_budget=config.node_budget or tree.node_budget)
+                                node_budget=config.node_budget or tree.node_budget,
+                                min_prob=tree.min_prob if config.min_prob is None else config.min_prob)
     return tree
 
 

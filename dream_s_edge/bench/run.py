@@ -7,8 +7,10 @@ outputs are identical token for token, per-prompt rows) and `OUT.png` beside it.
 
 Both methods run side by side in one process on the same prompts, after a warm-up on the first
 prompt that is not counted. Tokens/s is the total new tokens over the total wall time of the
-generate calls (prefill included); the speedup is the ratio of the two. `time_split` sums each
-method's prefill / draft / verify / host seconds.
+generate calls (prefill included); the speedup is the ratio of the two. `decode_tokens_per_s` and
+`decode_speedup` leave out each call's prefill and first token (the same target pass for both
+methods), which short answers otherwise dominate. `time_split` sums each method's prefill / draft /
+verify / host seconds.
 
 Unless `hf=False` (`--no-hf`), HF transformers' `generate` (greedy) on the PyTorch model
 (`backend.hf_model_dir()`) is timed on the same prompts too, as the reference a user would otherwise
@@ -56,6 +58,7 @@ class BenchConfig:
     top_k: int | None = None  # None: 4 (torch) or the artifacts' tree
     depth: int | None = None  # None: 5 (torch) or the artifacts' tree
     node_budget: int | None = None  # None: 16 (torch) or the artifacts' tree
+    min_prob: float | None = None  # dynamic trees: prune below this draft probability (None: 0, or the artifacts')
     warmup: int = 1  # untimed runs of the first prompt per method
     limit: int | None = None  # use only the first N prompts
     hf: bool = True  # also time HF transformers' generate on the same prompts
@@ -134,6 +137,14 @@ def _row(image, question, ar, spec, hf=None) -> dict:
     return row
 
 
+def _decode_rate(rows: list[dict], method: str) -> float:
+    """Tokens after each prompt's first over the wall time after its prefill, summed over prompts: the
+    decode phase alone (prefill is the same target pass for both methods)."""
+    tokens = sum(max(r["tokens"][method] - 1, 0) for r in rows)
+    seconds = sum(r[method]["wall_s"] - r[method]["prefill_s"] for r in rows)
+    return tokens / max(seconds, 1e-9)
+
+
 def _time_split(rows: list[dict], method: str) -> dict:
     keys = ("prefill_s", "draft_s", "verify_s", "host_s", "wall_s")
     return {k: float(sum(r[method][k] for r in rows)) for k in keys}
@@ -162,18 +173,22 @@ def _report(config: BenchConfig, backend, rows: list[dict], hf=None) -> dict:
     tau = float(((np.arange(depth + 1) + 1) * hist).sum() / max(passes, 1))
     rate = {m: sum(r["tokens"][m] for r in rows) / max(sum(r[m]["wall_s"] for r in rows), 1e-9)
             for m in ("autoregressive", "speculative")}
+    decode = {m: _decode_rate(rows, m) for m in ("autoregressive", "speculative")}
     report = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": asdict(config), "backend": backend.name, "device": backend.device,
         "host": platform.processor() or platform.machine(),
         "prompts": len(rows),
-        "tree": {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget},
+        "tree": {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget,
+                 "min_prob": tree.min_prob},
         "draft": {"name": config.draft if config.backend == "torch" else config.artifacts,
                   "spec": getattr(backend, "draft_spec", None)},
         "tau": {"mean": tau, "histogram": hist.tolist(), "passes": passes,
                 "per_prompt": [r["speculative"]["tau"] for r in rows]},
         "tokens_per_s": rate,
         "speedup": rate["speculative"] / max(rate["autoregressive"], 1e-9),
+        "decode_tokens_per_s": decode,
+        "decode_speedup": decode["speculative"] / max(decode["autoregressive"], 1e-9),
         "time_split": {m: _time_split(rows, m) for m in ("autoregressive", "speculative")},
         "greedy_identical": all(r["identical"] for r in rows),
         "identical_prompts": sum(r["identical"] for r in rows),
@@ -202,7 +217,7 @@ def plot_bench(report: dict, path) -> Path:
            title=f"Acceptance (τ = {report['tau']['mean']:.2f})")
     rates = dict(report["tokens_per_s"])
     colors = ["C7", "C2"]
-    title = f"{report['backend']}: speedup {report['speedup']:.2f}x"
+    title = f"{report['backend']}: speedup {report['speedup']:.2f}x (decode {report['decode_speedup']:.2f}x)"
     if report.get("hf_generate"):
         rates = {"HF generate": report["hf_generate"]["tokens_per_s"], **rates}
         colors = ["C0", *colors]

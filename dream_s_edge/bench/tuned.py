@@ -76,7 +76,8 @@ def tree_dict(tree: TreeSpec | None) -> dict | None:
     """A tree setting for the report (None: autoregressive decoding)."""
     if tree is None:
         return None
-    return {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget}
+    out = {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget}
+    return {**out, "min_prob": tree.min_prob} if tree.min_prob else out
 
 
 def baseline_tree(manifest, name: str) -> TreeSpec:
@@ -122,12 +123,12 @@ def measure_tuned(config: TuneMeasureConfig) -> dict:
     runs = [name for name in SETTINGS if same[name] is None]
     for name in runs:
         for _ in range(config.warmup):
-            _decode(backend, trees[name], prompts[0], config.max_new_tokens)
+            decode_with_tree(backend, trees[name], prompts[0], config.max_new_tokens)
     rows = []
     for i, ((image, question), prompt) in enumerate(zip(items, prompts, strict=True)):
         order = runs[i % len(runs):] + runs[: i % len(runs)]
-        results = {name: _decode(backend, trees[name], prompt, config.max_new_tokens) for name in order}
-        rows.append(_row(image, question, {name: results[same[name] or name] for name in SETTINGS}, backend))
+        results = {name: decode_with_tree(backend, trees[name], prompt, config.max_new_tokens) for name in order}
+        rows.append(prompt_row(image, question, {name: results[same[name] or name] for name in SETTINGS}, backend))
     report = _report(config, backend, rows, trees, same, result, alpha, entry_key, cpu_name())
     if config.json_out is not None:
         out = Path(config.json_out)
@@ -145,7 +146,7 @@ def _same_as(trees: dict[str, TreeSpec | None]) -> dict[str, str | None]:
     return same
 
 
-def _decode(backend, tree: TreeSpec | None, prompt, max_new_tokens: int):
+def decode_with_tree(backend, tree: TreeSpec | None, prompt, max_new_tokens: int):
     """Greedy decoding of one prompt: speculative with `tree`, or autoregressive (tree None)."""
     if tree is None:
         return autoregressive_generate(backend.target, prompt, GREEDY, max_new_tokens, backend.eos,
@@ -154,7 +155,7 @@ def _decode(backend, tree: TreeSpec | None, prompt, max_new_tokens: int):
                                 np.random.default_rng(0))
 
 
-def _row(image, question: str, results: dict, backend) -> dict:
+def prompt_row(image, question: str, results: dict, backend) -> dict:
     reference = results["autoregressive"].tokens
     identical = all(np.array_equal(r.tokens, reference) for r in results.values())
     return {"image": image, "question": question, "identical": bool(identical),
@@ -162,7 +163,7 @@ def _row(image, question: str, results: dict, backend) -> dict:
             "settings": {name: r.metrics.to_dict() for name, r in results.items()}}
 
 
-def _setting(rows: list[dict], name: str, tree, same, ar_rate: float | None) -> dict:
+def setting_summary(rows: list[dict], name: str, tree, same, ar_rate: float | None) -> dict:
     metrics = [r["settings"][name] for r in rows]
     tokens, wall = sum(m["new_tokens"] for m in metrics), sum(m["wall_s"] for m in metrics)
     counts = np.zeros(max(len(m["accept_counts"]) for m in metrics), dtype=np.int64)
@@ -176,10 +177,10 @@ def _setting(rows: list[dict], name: str, tree, same, ar_rate: float | None) -> 
 
 
 def _report(config, backend, rows, trees, same, result, alpha: float, entry_key: dict, host: str) -> dict:
-    settings = {"autoregressive": _setting(rows, "autoregressive", None, None, None)}
+    settings = {"autoregressive": setting_summary(rows, "autoregressive", None, None, None)}
     ar_rate = settings["autoregressive"]["tokens_per_s"]
     for name in ("default", "tuned"):
-        settings[name] = _setting(rows, name, trees[name], same[name], ar_rate)
+        settings[name] = setting_summary(rows, name, trees[name], same[name], ar_rate)
     ratio = settings["tuned"]["tokens_per_s"] / max(settings["default"]["tokens_per_s"], 1e-9)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "backend": "ort-cpu", "device": backend.device,

@@ -97,6 +97,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--node-budget", type=int, default=16, help="tree nodes verified per target pass, root included"
     )
+    p.add_argument("--min-prob", type=float, default=0.0,
+                   help="dynamic tree: leave out candidates below this cumulative draft probability (0: none)")
+    p.add_argument("--draft-weights", choices=["float32", "int8", "int4"], default="float32",
+                   help="the draft step's MatMul weights (int8/int4: block-quantized, several times fewer bytes "
+                        "read per draft call; the target stays float32, so outputs stay the target's own)")
     p.add_argument("--no-parity", action="store_true", help="skip the Polygraphy parity checks")
     p.set_defaults(func=_run_export)
 
@@ -110,7 +115,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from export.pipeline import ExportConfig, export_artifacts
 
     tree = TreeOptions(
-        kind=args.tree, top_k=args.top_k, depth=args.depth, node_budget=args.node_budget
+        kind=args.tree, top_k=args.top_k, depth=args.depth, node_budget=args.node_budget, min_prob=args.min_prob
     ).spec()
     config = ExportConfig(
         out=Path(args.out),
@@ -119,6 +124,7 @@ def _run_export(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         tree=tree,
         parity=not args.no_parity,
+        draft_weights=args.draft_weights,
     )
     print(export_artifacts(config))
     return 0

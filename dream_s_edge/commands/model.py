@@ -50,6 +50,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--node-budget", type=int, default=16, help="tree nodes verified per target pass, root included"
     )
+    p.add_argument("--min-prob", type=float, default=0.0,
+                   help="dynamic tree: leave out candidates below this cumulative draft probability (0: none)")
     p.set_defaults(func=_run_generate)
 
 
@@ -151,7 +153,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     )
     tree = None
     if args.speculative:
-        tree = TreeOptions(kind=args.tree, top_k=args.top_k, depth=args.depth, node_budget=args.node_budget)
+        tree = TreeOptions(kind=args.tree, top_k=args.top_k, depth=args.depth, node_budget=args.node_budget,
+                           min_prob=args.min_prob)
     report = run_generate(
         model=args.model,
         image=args.image,

@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_distill_data(sub)
     _add_train(sub)
     _add_bench(sub)
+    _add_bench_prompts(sub)
+    _add_draft_convert(sub)
 
 
 def _add_distill_data(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +63,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="reduce the draft's vocabulary to the N most frequent answer tokens of the data (EAGLE-3 d2t)",
     )
+    p.add_argument("--interaction", choices=["cross_attention", "concat", "none"], default=None,
+                   help="override the preset's draft interaction (concat: EAGLE-style fc(concat(emb, f)))")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--grad-accum", type=int, default=1, help="sequences per step and process")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -68,6 +72,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--feat-weight", type=float, default=0.2)
     p.add_argument("--intermed-weight", type=float, default=0.2)
+    p.add_argument("--intermed-source", choices=["entropy", "last"], default="entropy",
+                   help="the early draft block's target: the entropy-selected layer (DREAM) or the last layer")
     p.add_argument("--ttt-steps", type=int, default=0, help="training-time test: unrolled steps (EAGLE-3)")
     p.add_argument(
         "--feature-noise", type=float, default=0.0, help="uniform noise amplitude on input features"
@@ -164,10 +170,58 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None, help="default: 4 (torch) or the artifacts' tree")
     p.add_argument("--depth", type=int, default=None, help="default: 5 (torch) or the artifacts' tree")
     p.add_argument("--node-budget", type=int, default=None, help="default: 16 (torch) or the artifacts' tree")
+    p.add_argument("--min-prob", type=float, default=None,
+                   help="dynamic trees: leave out candidates below this cumulative draft probability, so verify "
+                        "takes fewer nodes (default: 0, or the artifacts' tree)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch and onnxruntime (0: their defaults)")
     p.set_defaults(func=_run_bench)
+
+
+def _add_bench_prompts(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-prompts", help="held-out prompts (test-split scenes, unseen photographs) as a "
+                                             "bench file for `bench --prompts`")
+    p.add_argument("--out", required=True, help="folder: NAME.jsonl and images/ are written into it")
+    p.add_argument("--scenes", type=int, default=12, help="test-split scenes with their own short-answer questions")
+    p.add_argument("--open-scenes", type=int, default=8, help="more test-split scenes asked open questions")
+    p.add_argument("--photos", type=int, default=8, help="held-out photographs (chelsea, rocket) with open questions")
+    p.add_argument("--name", default="heldout", help="file name stem")
+    p.add_argument("--seed", type=int, default=0, help="the distillation data's seed (held-out prompts never "
+                                                       "overlap its training prompts)")
+    p.set_defaults(func=_run_bench_prompts)
+
+
+def _run_bench_prompts(args: argparse.Namespace) -> int:
+    from dream_s_edge.distill.prompts import heldout_prompts, write_prompt_file
+    from runtime.errors import UserInputError
+
+    counts = {"--scenes": args.scenes, "--open-scenes": args.open_scenes, "--photos": args.photos}
+    negative = [flag for flag, value in counts.items() if value < 0]
+    if negative or not sum(counts.values()):
+        raise UserInputError(f"{negative[0] if negative else 'The counts'} must be non-negative and not all zero.",
+                             hint="e.g. --scenes 12 --open-scenes 8 --photos 8")
+    specs = heldout_prompts(args.scenes, args.photos, args.seed, num_open_scene=args.open_scenes)
+    path = write_prompt_file(args.out, specs, args.name)
+    print(f"{path}: {len(specs)} prompts ({args.scenes} scene QA, {args.open_scenes} open scene, "
+          f"{args.photos} photo)")
+    return 0
+
+
+def _add_draft_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("draft-convert", help="copy a draft folder with its weights stored in float16 (to ship it)")
+    p.add_argument("--draft", required=True, help="draft folder written by `train` (RUN/draft)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.set_defaults(func=_run_draft_convert)
+
+
+def _run_draft_convert(args: argparse.Namespace) -> int:
+    from dream_s_edge.draft.checkpoint import WEIGHTS_FILE, convert_draft
+
+    folder = convert_draft(args.draft, args.out, args.dtype)
+    print(f"{folder}: {args.dtype} weights, {(folder / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB")
+    return 0
 
 
 def _run_distill_data(args: argparse.Namespace) -> int:
@@ -211,6 +265,7 @@ def _run_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         visual_keep_ratio=args.visual_keep_ratio,
         draft_vocab_size=args.draft_vocab,
+        interaction=args.interaction,
         steps=args.steps,
         grad_accum=args.grad_accum,
         lr=args.lr,
@@ -218,6 +273,7 @@ def _run_train(args: argparse.Namespace) -> int:
         kl_weight=args.kl_weight,
         feat_weight=args.feat_weight,
         intermed_weight=args.intermed_weight,
+        intermed_source=args.intermed_source,
         ttt_steps=args.ttt_steps,
         feature_noise=args.feature_noise,
         save_every=args.save_every,
@@ -268,6 +324,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         depth=args.depth,
         node_budget=args.node_budget,
+        min_prob=args.min_prob,
         limit=args.limit,
         hf=args.hf,
         threads=args.threads,

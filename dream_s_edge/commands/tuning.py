@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_tune(sub)
     _add_search(sub)
     _add_tau_check(sub)
+    _add_flat_table(sub)
 
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
@@ -130,7 +131,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default=None)
     p.add_argument("--precision", default=None)
-    p.add_argument("--prompts", type=int, default=8, help="calibration prompts the τ estimate replays")
+    p.add_argument("--prompts", default=None,
+                   help="N (an integer): calibration prompts the τ estimate replays (default 8); "
+                        "FILE.jsonl: the prompts --confirm decodes")
+    p.add_argument("--calibration-prompts", type=int, default=None, help="calibration prompts (same as --prompts N)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens decoded per calibration prompt")
     p.add_argument("--max-context", type=int, default=1024)
     _add_grid_flags(p)
@@ -140,7 +144,30 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--past", type=int, default=256, help="context length the steps are costed at")
     p.add_argument("--max-params", type=int, default=None, help="largest draft (trainable parameters)")
     p.add_argument("--max-step-ms", type=float, default=None, help="slowest predicted speculative step")
+    _add_compare_flags(p)
+    _add_confirm_flags(p)
     p.set_defaults(func=_run_search)
+
+
+def _add_compare_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("a second device, side by side (OUT/compare.json, OUT/compare.png)")
+    g.add_argument("--compare-table", default=None,
+                   help="another latency table (or the same file with other key flags), searched with the same τ̂")
+    g.add_argument("--compare-device", default=None, help="entry key of --compare-table")
+    g.add_argument("--compare-backend", default=None)
+    g.add_argument("--compare-precision", default=None)
+
+
+def _add_confirm_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("confirm the top candidates by real runs (OUT/confirm.json; an ort-cpu --table)")
+    g.add_argument("--confirm", type=int, default=0, metavar="K",
+                   help="decode --prompts FILE.jsonl with the top K candidates and autoregressively, on onnxruntime CPU")
+    g.add_argument("--artifacts", default=None,
+                   help="--confirm: folder of `dream-s-edge export` (its target is reused; drafts go to DIR/variants/)")
+    g.add_argument("--baseline", default="eagle2",
+                   help="--confirm: tree preset of the hand-set baseline, the largest sub-network ('none': no baseline)")
+    g.add_argument("--confirm-max-new-tokens", type=int, default=64, help="--confirm: tokens decoded per prompt")
+    g.add_argument("--threads", type=int, default=None, help="--confirm: onnxruntime intra-op threads")
 
 
 def _add_grid_flags(p: argparse.ArgumentParser) -> None:
@@ -160,28 +187,76 @@ def numbers(text: str, kind) -> tuple:
     return tuple(None if v == "full" else kind(v) for v in text.split(",") if v)
 
 
+def _prompt_flags(args: argparse.Namespace) -> tuple[int, str | None]:
+    """(calibration prompts, confirm prompts file) from --prompts N|FILE and --calibration-prompts."""
+    count, path = 8, None
+    if args.prompts is not None:
+        if args.prompts.isdigit():
+            count = int(args.prompts)
+        else:
+            path = args.prompts
+    if args.calibration_prompts is not None:
+        count = args.calibration_prompts
+    return count, path
+
+
+def _search_extras(args: argparse.Namespace, prompts_file: str | None) -> dict:
+    """The compare and confirm parts of a SearchConfig from their flags."""
+    from pathlib import Path
+
+    from runtime.errors import UserInputError
+    from search.compare import TableSelection
+    from search.confirm import ConfirmConfig
+
+    compare = confirm = None
+    if args.compare_table:
+        compare = TableSelection(Path(args.compare_table), args.compare_device, args.compare_backend,
+                                 args.compare_precision)
+    if args.confirm:
+        if not prompts_file or not args.artifacts:
+            raise UserInputError("search --confirm needs prompts to decode and an exported target.",
+                                 note=f"--prompts {args.prompts}, --artifacts {args.artifacts}",
+                                 hint="pass --prompts FILE.jsonl --artifacts DIR (written by `dream-s-edge export`)")
+        confirm = ConfirmConfig(top=args.confirm, prompts=Path(prompts_file), artifacts=Path(args.artifacts),
+                                baseline=args.baseline, max_new_tokens=args.confirm_max_new_tokens,
+                                threads=args.threads)
+    return {"compare": compare, "confirm": confirm}
+
+
 def _run_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from search.run import SearchConfig, run_search
+    from search.run import SearchConfig, run_search_outcome
 
     quiet_transformers(args.verbose)
+    calibration, prompts_file = _prompt_flags(args)
     config = SearchConfig(
         table=Path(args.table), supernet=Path(args.supernet), out=Path(args.out), model=args.model,
-        device=args.device, backend=args.backend, precision=args.precision, prompts=args.prompts,
+        device=args.device, backend=args.backend, precision=args.precision, prompts=calibration,
         max_new_tokens=args.max_new_tokens, max_context=args.max_context, num_layers=numbers(args.layers, int),
         head_ratios=numbers(args.head_ratios, float), ffn_ratios=numbers(args.ffn_ratios, float),
         injection_layers=args.injection_layers, visual_keep_ratios=numbers(args.keep_ratios, float),
         draft_vocab_sizes=numbers(args.vocab_sizes, int), top_ks=numbers(args.top_k, int),
         depths=numbers(args.depths, int), node_budgets=numbers(args.node_budgets, int), past=args.past,
-        max_params=args.max_params, max_step_ms=args.max_step_ms)
-    result = run_search(config)
+        max_params=args.max_params, max_step_ms=args.max_step_ms, **_search_extras(args, prompts_file))
+    outcome = run_search_outcome(config)
+    result = outcome.result
     t = result.tree
     print(f"chosen: {result.choice}")
     print(f"tree: --tree dynamic --top-k {t.top_k} --depth {t.depth} --node-budget {t.node_budget}")
     print(f"predicted: tau {result.tau:.2f}, step {result.step_ms:.1f} ms vs autoregressive {result.ar_ms:.1f} ms "
           f"-> {result.predicted_speedup:.2f}x; {result.params} draft parameters")
     print(f"wrote {config.out / 'search.json'} and the draft folder {config.out / 'draft'}")
+    if outcome.compare is not None:
+        from search.compare import format_compare
+
+        print("\n".join(format_compare(outcome.compare)))
+        print(f"wrote {config.out / 'compare.json'} and {config.out / 'compare.png'}")
+    if outcome.confirm is not None:
+        from search.confirm import format_confirm
+
+        print("\n".join(format_confirm(outcome.confirm)))
+        print(f"wrote {config.out / 'confirm.json'}")
     return 0
 
 
@@ -225,4 +300,25 @@ def _run_tau_check(args: argparse.Namespace) -> int:
     print(f"{len(report['subnets'])} sub-networks: Spearman {format_correlation(report['spearman'])}, Kendall "
           f"{format_correlation(report['kendall'])} ({report['method']}); tau_hat {report['seconds']['estimate']:.1f} s vs real loop "
           f"{report['seconds']['measure']:.1f} s -> {args.out}")
+    return 0
+
+
+def _add_flat_table(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flat-verify-table", help="derive a what-if latency table whose verify cost is flat in the "
+                                                 "node count (a large GPU's shape) from a measured one")
+    p.add_argument("--table", required=True, help="measured latency table")
+    p.add_argument("--out", required=True, help="table to write (merged into when it exists)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--precision", default=None)
+    p.set_defaults(func=_run_flat_table)
+
+
+def _run_flat_table(args: argparse.Namespace) -> int:
+    from search.latency_table import flat_verify_entry, load_table, new_table, save_table, select_entry
+
+    entry = select_entry(load_table(args.table), device=args.device, backend=args.backend, precision=args.precision)
+    flat = flat_verify_entry(entry)
+    path = save_table(new_table([flat]), args.out)
+    print(f"{path}: {flat['key']['device']} / {flat['key']['backend']} (derived, not measured)")
     return 0

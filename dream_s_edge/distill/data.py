@@ -35,7 +35,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dream_s_edge.distill import layers as layer_select
-from dream_s_edge.distill.prompts import PromptSpec, heldout_prompts, materialize, training_prompts
+from dream_s_edge.distill.prompts import (
+    PromptSpec,
+    heldout_prompts,
+    materialize,
+    training_prompts,
+    write_prompt_file,
+)
 from dream_s_edge.generation import GenerationConfig, build_prompt
 from dream_s_edge.runners.target_torch import TorchTargetRunner
 from dream_s_edge.targets import TargetAdapter
@@ -366,18 +372,7 @@ def _finish(folder: Path, manifest: dict) -> None:
 
 def _write_heldout(folder: Path, config: DistillDataConfig) -> None:
     """Held-out prompts in the bench format: `heldout.jsonl` with {"image", "question"} per line."""
-    images = folder / "images"
-    images.mkdir(exist_ok=True)
-    lines = []
-    for i, spec in enumerate(heldout_prompts(config.num_heldout_scene, config.num_heldout_photo, config.seed)):
-        image, question = materialize(spec)
-        entry = {"image": None, "question": question}
-        if image is not None:
-            path = images / f"heldout-{i:03d}-{spec.source}.png"
-            image.save(path)
-            entry["image"] = str(path.resolve())
-        lines.append(json.dumps(entry))
-    (folder / "heldout.jsonl").write_text("\n".join(lines) + "\n")
+    write_prompt_file(folder, heldout_prompts(config.num_heldout_scene, config.num_heldout_photo, config.seed))
 
 
 def _write_json(path: Path, data: dict) -> None:

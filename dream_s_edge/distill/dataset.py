@@ -77,8 +77,11 @@ class TrainingExample:
     answer_start: int
 
 
+INTERMED_SOURCES = ("entropy", "last")
+
+
 def training_example(seq: dict[str, torch.Tensor], spec: DraftSpec, device, noise: float = 0.0,
-                     generator: torch.Generator | None = None) -> TrainingExample:
+                     generator: torch.Generator | None = None, intermed_source: str = "entropy") -> TrainingExample:
     """Builds one draft input from a stored sequence.
 
     Args:
@@ -87,6 +90,8 @@ def training_example(seq: dict[str, torch.Tensor], spec: DraftSpec, device, nois
         device: where the tensors go.
         noise: amplitude a of uniform noise U(-a, a) added to the input features (EAGLE), 0 = none.
         generator: CPU generator of that noise (seeded per step, so resumes are exact).
+        intermed_source: the early block's target: "entropy" (DREAM: each token's lowest-entropy band
+            layer, as stored) or "last" (the last layer, the ablation without entropy selection).
 
     Raises:
         TrainingError: the data lacks a feature layer the draft reads.
@@ -105,10 +110,13 @@ def training_example(seq: dict[str, torch.Tensor], spec: DraftSpec, device, nois
         features=features[None].to(device),
         positions=positions.to(device),
         last=seq["last"][positions].float().to(device),
-        intermed=seq["intermed"][positions].float().to(device),
+        intermed=seq[_INTERMED_KEYS[intermed_source]][positions].float().to(device),
         mask=mask[positions].to(device),
         answer_start=answer_start,
     )
+
+
+_INTERMED_KEYS = {"entropy": "intermed", "last": "last"}
 
 
 def _layer(seq: dict[str, torch.Tensor], index: int, num_layers: int) -> torch.Tensor:

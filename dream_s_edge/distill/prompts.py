@@ -19,6 +19,7 @@ Data flow: `training_prompts(config)` / `heldout_prompts(config)` -> `PromptSpec
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -60,6 +61,8 @@ PHOTO_QUESTIONS = (
     "Describe this image in detail.",
 )
 
+# Test-split index of the first open-question scene of `mixed_heldout_prompts` (far above its QA scenes).
+MIXED_OPEN_OFFSET = 100_000
 # Scene indices: training prompts draw from [0, HELDOUT_SEED_BASE); plain-seed held-out scenes lie above.
 HELDOUT_SEED_BASE = 1_000_000
 
@@ -105,13 +108,64 @@ def training_prompts(num_scene: int, num_photo: int, num_text: int, seed: int) -
     return _interleave([scenes, photos, text])
 
 
-def heldout_prompts(num_scene: int, num_photo: int, seed: int) -> list[PromptSpec]:
-    """Held-out prompts: scenes with unseen seeds and photographs never used in training."""
+def heldout_prompts(num_scene: int, num_photo: int, seed: int, num_open_scene: int = 0,
+                    open_offset: int | None = None) -> list[PromptSpec]:
+    """Held-out prompts: scenes with unseen seeds and photographs never used in training.
+
+    Args:
+        num_scene: test-split scenes, each with one of its own (short-answer) questions.
+        num_photo: held-out photographs (chelsea, rocket in turn), the open questions in turn.
+        seed: the prompt seed (the training prompts' seed; held-out ones never overlap them).
+        num_open_scene: further test-split scenes (after the first `num_scene`) asked open questions
+            ("Describe this image."), whose answers are sentences. They leave the others unchanged.
+        open_offset: the first open scene's test-split index (None: `num_scene`, right after the QA scenes).
+    """
     rng = np.random.default_rng(seed + 1)
     scenes = [_scene_spec("test", i, rng) for i in range(num_scene)]
     photos = [PromptSpec("photo", HELDOUT_PHOTOS[i % len(HELDOUT_PHOTOS)], PHOTO_QUESTIONS[i % len(PHOTO_QUESTIONS)])
               for i in range(num_photo)]
-    return _interleave([scenes, photos])
+    open_rng = np.random.default_rng(seed + 2)
+    first = num_scene if open_offset is None else open_offset
+    open_scenes = [_open_scene_spec(first + i, open_rng) for i in range(num_open_scene)]
+    return _interleave([scenes, photos, open_scenes])
+
+
+def mixed_heldout_prompts(count: int, seed: int) -> list[PromptSpec]:
+    """`count` held-out prompts taken in turn from the three held-out kinds: test-split scene QA
+    (short answers), held-out photographs and test-split scenes with open questions (sentences).
+    A prefix of a longer list is the shorter list, so slices of one call are disjoint prompt sets."""
+    return heldout_prompts(count, count, seed, num_open_scene=count, open_offset=MIXED_OPEN_OFFSET)[:count]
+
+
+def _open_scene_spec(index: int, rng: np.random.Generator) -> PromptSpec:
+    """Test-split scene `index` with an open question."""
+    question = SCENE_QUESTIONS[int(rng.integers(len(SCENE_QUESTIONS)))]
+    key = f"test:{index}" if _has_scene_qa() else str(HELDOUT_SEED_BASE + index)
+    return PromptSpec("scene", key, question)
+
+
+def write_prompt_file(folder, specs: list[PromptSpec], name: str = "heldout") -> Path:
+    """Writes prompts in the bench format: `FOLDER/NAME.jsonl`, one {"image", "question"} per line,
+    with each image saved as `FOLDER/images/NAME-<i>-<source>.png` (absolute paths in the file).
+
+    Returns:
+        The JSON-lines file.
+    """
+    folder = Path(folder)
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, spec in enumerate(specs):
+        image, question = materialize(spec)
+        entry = {"image": None, "question": question}
+        if image is not None:
+            path = images / f"{name}-{i:03d}-{spec.source}.png"
+            image.save(path)
+            entry["image"] = str(path.resolve())
+        lines.append(json.dumps(entry))
+    out = folder / f"{name}.jsonl"
+    out.write_text("\n".join(lines) + "\n")
+    return out
 
 
 def _scene_spec(split: str, index: int, rng: np.random.Generator) -> PromptSpec:

@@ -192,6 +192,8 @@ def plot_log(out_dir) -> Path:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.5))
     for name in ("loss", "kl", "feat", "intermed"):
         ax.plot([r["step"] for r in steps], [r[name] for r in steps], label=name, lw=0.8)
+    for i, resume in enumerate(r for r in records if r.get("resumed")):
+        ax.axvline(resume["step"], color="0.4", ls="--", lw=0.8, label="resumed" if i == 0 else None)
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="Training loss")
     ax.legend()
     bx.plot([r["step"] for r in vals], [r["val_tau"] for r in vals], marker="o")

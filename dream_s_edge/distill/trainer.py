@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from dream_s_edge.distill import train_state as ts
 from dream_s_edge.distill.dataset import (
+    INTERMED_SOURCES,
     DistillDataset,
     TrainingExample,
     answer_token_counts,
@@ -74,6 +75,8 @@ class TrainConfig:
     visual_keep_ratio: float | None = None  # override the preset's VTC ratio (None: keep it)
     draft_vocab_size: int | None = None  # override the preset's draft vocabulary: the N most frequent
     # answer tokens of the data (EAGLE-3's d2t), which makes the draft's LM head N / V as costly
+    interaction: str | None = None  # override the preset's interaction: "cross_attention", "concat" (EAGLE:
+    # fc(concat(emb, f)) at the draft's input) or "none" (None: keep the preset's)
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # sequences per step and process
     lr: float = 5e-4  # peak; small drafts for small targets want more than the paper's 3e-5
@@ -83,6 +86,8 @@ class TrainConfig:
     kl_weight: float = 1.0  # λ_KL
     feat_weight: float = 0.2  # λ_feat
     intermed_weight: float = 0.2  # λ_intermed
+    intermed_source: str = "entropy"  # the early block's target: "entropy" (DREAM's entropy-selected layer)
+    # or "last" (the target's last layer: the ablation without entropy selection)
     ttt_steps: int = 0  # training-time test: unrolled steps on the draft's own features (EAGLE-3)
     ttt_decay: float = 0.8  # loss weight of unrolled step k is decay**k
     feature_noise: float = 0.0  # uniform noise amplitude on the input features (EAGLE)
@@ -99,6 +104,11 @@ class TrainConfig:
     halt_after: int | None = None  # leave after this step as if killed (tests, preemptible jobs)
     supernet: SupernetOptions | None = None  # train a DREAM-S supernet instead of one draft (search/supernet_train.py)
 
+    def __post_init__(self):
+        if self.intermed_source not in INTERMED_SOURCES:
+            raise TrainingError(f"Unknown intermediate-feature source {self.intermed_source!r}.",
+                                hint=f"use one of {INTERMED_SOURCES}")
+
     def to_dict(self) -> dict:
         """The fields a resume must match (halt_after is not one of them)."""
         out = asdict(self)
@@ -107,6 +117,10 @@ class TrainConfig:
             out.pop("supernet")
         if self.draft_vocab_size is None:  # likewise before the vocabulary override existed
             out.pop("draft_vocab_size")
+        if self.interaction is None:  # and before the interaction override
+            out.pop("interaction")
+        if self.intermed_source == "entropy":  # and before the intermediate-target choice
+            out.pop("intermed_source")
         return out
 
     @classmethod
@@ -236,7 +250,7 @@ class DraftStrategy(TrainStrategy):
         self.module = DistillStep(self.draft, config.weights, config.ttt_steps, config.ttt_decay)
 
     def inputs(self, seq, plan, device, noise, generator) -> TrainingExample:
-        return training_example(seq, self.draft.spec, device, noise, generator)
+        return training_example(seq, self.draft.spec, device, noise, generator, self.config.intermed_source)
 
     def validation_drafts(self) -> list[tuple[str, DreamDraft]]:
         return [("draft", self.draft)]
@@ -291,6 +305,8 @@ def _train(config: TrainConfig, procs: ts.Processes) -> Path:
                                on_state=lambda state: strategy.load_state(state.get("strategy", {})))
     if procs.is_main:
         ts.trim_log(out, start)
+        if 0 < start < config.steps:
+            ts.append_log(out, {"step": start, "resumed": True})  # marked on the loss plot
     heldout = [PromptSpec.from_dict(p) for p in data.manifest["heldout"][: config.val_prompts]]
     if start == 0:
         _at_step(procs, strategy, optimizer, out, 0)
@@ -378,7 +394,8 @@ def _load_target(config: TrainConfig, manifest: dict, device: torch.device) -> T
 def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDataset) -> DreamDraft:
     """A fresh draft of the configured preset, identical on every process (seeded); with a reduced
     vocabulary, it keeps the data's most frequent answer tokens."""
-    overrides = {"visual_keep_ratio": config.visual_keep_ratio, "draft_vocab_size": config.draft_vocab_size}
+    overrides = {"visual_keep_ratio": config.visual_keep_ratio, "draft_vocab_size": config.draft_vocab_size,
+                 "interaction": config.interaction}
     spec = DraftSpec.from_name(
         config.preset, target_dims(adapter), **{k: v for k, v in overrides.items() if v is not None}
     )

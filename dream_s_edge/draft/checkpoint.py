@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from dream_s_edge.draft.model import DreamDraft
 from dream_s_edge.draft.spec import DraftSpec
-from runtime.errors import ModelLoadError, SpecMismatchError
+from runtime.errors import ModelLoadError, SpecMismatchError, UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,46 @@ def load_draft(path_dir, target_embed: torch.Tensor, target_lm_head: torch.Tenso
     model.to(device=target_embed.device, dtype=target_embed.dtype)
     model.load_state_dict(state, strict=True)
     return model
+
+
+WEIGHT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def convert_draft(src_dir, dst_dir, dtype: str = "float16") -> Path:
+    """Copies a draft folder with its floating-point weights stored in `dtype` (to ship it smaller).
+
+    Integer tensors (the d2t vocabulary map) are kept as they are. `load_draft` casts the weights back
+    to the target's dtype, so a converted draft runs like the original up to the rounding of its weights.
+
+    Args:
+        src_dir: a folder written by `save_draft`.
+        dst_dir: where to write (created; must not be `src_dir`).
+        dtype: "float16", "bfloat16" or "float32".
+
+    Returns:
+        The written folder; its config.json records `weights_dtype`.
+
+    Raises:
+        ModelLoadError: `src_dir` is not a draft folder.
+        UserInputError: an unknown dtype, or `dst_dir` is the source.
+    """
+    if dtype not in WEIGHT_DTYPES:
+        raise UserInputError(f"Unknown weight dtype {dtype!r}.", hint=f"use one of {sorted(WEIGHT_DTYPES)}")
+    src, dst = Path(src_dir), Path(dst_dir)
+    if dst.resolve() == src.resolve():
+        raise UserInputError("The converted draft would overwrite its source.", hint="pass another --out folder")
+    config = _read_config(src)
+    weights = src / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"No {WEIGHTS_FILE} in the draft folder.", f"folder={src}")
+    target = WEIGHT_DTYPES[dtype]
+    state = {name: t.to(target) if t.is_floating_point() else t for name, t in load_file(str(weights)).items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dst / WEIGHTS_FILE), metadata={"format": FORMAT})
+    config["weights_dtype"] = dtype
+    (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    logger.info("wrote %s draft (%.1f MB) to %s", dtype, (dst / WEIGHTS_FILE).stat().st_size / 1e6, dst)
+    return dst
 
 
 def _read_config(folder: Path) -> dict:

@@ -44,6 +44,7 @@ TREES = {
     "dynamic": TreeOptions(kind="dynamic", top_k=3, depth=4, node_budget=10),
     "static": TreeOptions(kind="static-16"),
     "chain": TreeOptions(kind="chain", depth=4),
+    "pruned": TreeOptions(kind="dynamic", top_k=3, depth=4, node_budget=10, min_prob=0.05),  # 1..10 nodes
 }
 
 

@@ -220,3 +220,36 @@ def test_wrong_proposal_shape_is_refused() -> None:
     bad = Proposal(np.zeros((1, 2), np.int64), np.zeros((1, 2), np.float32))
     with pytest.raises(SpecMismatchError, match="wrong shape"):
         build_tree(spec, HashDraft(spec), ROOT, bad, ROOT_POS)
+
+
+@pytest.mark.parametrize("min_prob", [0.5, 0.1, 0.02, 1e-4])
+@pytest.mark.parametrize("spec", DYNAMIC_SPECS[:3], ids=lambda s: f"K{s.top_k}-D{s.depth}-N{s.node_budget}")
+def test_pruned_dynamic_tree_is_the_full_tree_above_the_floor(spec: TreeSpec, min_prob: float) -> None:
+    """min_prob keeps exactly the EAGLE-2 tree's nodes of cumulative probability >= min_prob, unpadded,
+    and stops drafting at the first depth with no such frontier node."""
+    pruned = TreeSpec.dynamic(spec.top_k, spec.depth, spec.node_budget, min_prob=min_prob)
+    draft = HashDraft(pruned)
+    tree = build_tree(pruned, draft, ROOT, _root_proposal(spec.top_k), ROOT_POS)
+    want = {p: s for p, s in _dynamic_oracle(spec).items() if s >= np.log(min_prob)}
+    assert tree.valid.all() and tree.size == 1 + len(want)
+    depth, mask, paths = _oracle_structure(tree.parents, tree.valid, spec.depth)
+    np.testing.assert_array_equal(tree.depth, depth)
+    np.testing.assert_array_equal(tree.tree_mask, mask)
+    np.testing.assert_array_equal(tree.retrieve, paths)
+    got = {_token_path(tree, j): float(tree.scores[j]) for j in range(1, tree.size)}
+    assert got.keys() == want.keys()
+    deepest_kept_frontier = max((len(p) for p, s in want.items()), default=0)
+    assert len(draft.calls) <= max(deepest_kept_frontier, 1) and all(n == spec.top_k for n, _ in draft.calls)
+
+
+def test_min_prob_validation_and_round_trip() -> None:
+    spec = TreeSpec.dynamic(4, 6, 16, min_prob=0.05)
+    assert TreeSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["min_prob"] == 0.05
+    plain = TreeSpec.dynamic(4, 6, 16)
+    assert "min_prob" not in plain.to_dict() and TreeSpec.from_dict(plain.to_dict()) == plain
+    static = TreeSpec.from_name("static-16")
+    assert TreeSpec.from_dict(static.to_dict()) == static
+    with pytest.raises(SpecMismatchError, match="min_prob"):
+        TreeSpec.dynamic(4, 6, 16, min_prob=1.0)
+    with pytest.raises(SpecMismatchError, match="min_prob"):
+        TreeSpec("static", 1, 1, 2, ((0,),), min_prob=0.1)

@@ -54,3 +54,26 @@ def test_merge_and_save(tmp_path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({"format": "x"}))
     with pytest.raises(LatencyTableError):
         load_table(tmp_path / "bad.json")
+
+
+def test_flat_verify_entry_is_derived_and_labelled(tmp_path) -> None:
+    from dream_s_edge.cli import main
+    from search.latency_table import flat_verify_entry, load_table, new_table, save_table
+
+    entry = {"key": {"device": "cpu: test", "backend": "ort-cpu", "backend_version": "1", "precision": "fp32",
+                     "model": "m"},
+             "meta": {"created": "now"},
+             "stages": {"vision": [{"images": 1, "ms": 5.0}], "prefill": [{"tokens": 32, "ms": 40.0}],
+                        "verify": [{"nodes": n, "past": p, "ms": 10.0 + n + p / 100} for n in (1, 4, 16) for p in (64, 256)],
+                        "draft": [], "tree_host": [], "blocks": {}}}
+    flat = flat_verify_entry(entry)
+    assert {(r["nodes"], r["past"]): r["ms"] for r in flat["stages"]["verify"]} == {
+        (n, p): 11.0 + p / 100 for n in (1, 4, 16) for p in (64, 256)}
+    assert flat["key"]["device"] == "cpu: test (flat verify)" and flat["meta"]["derived"]["from"] == entry["key"]
+    assert entry["stages"]["verify"][2]["ms"] == 10.0 + 4 + 0.64  # the measured entry is left alone
+    source = save_table(new_table([entry]), tmp_path / "cpu.json")
+    assert main(["flat-verify-table", "--table", str(source), "--out", str(tmp_path / "flat.json")]) == 0
+    assert load_table(tmp_path / "flat.json")["entries"][0]["key"]["device"] == "cpu: test (flat verify)"
+    entry["stages"]["verify"] = [r for r in entry["stages"]["verify"] if r["nodes"] > 1]
+    with pytest.raises(Exception, match="one-node verify"):
+        flat_verify_entry(entry)

@@ -111,24 +111,38 @@ def test_run_search_end_to_end_on_a_tiny_target(model_dirs, tmp_path) -> None:
 
 
 def test_search_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
-    """`dream-s-edge search` parses its flags into one SearchConfig and calls run_search once."""
+    """`dream-s-edge search` parses its flags into one SearchConfig and calls the search once."""
+    from pathlib import Path
+
     from dream_s_edge import cli
     from search import run as run_module
+    from search.compare import TableSelection
+    from search.confirm import ConfirmConfig
 
-    seen = {}
+    seen = []
 
     def fake_run(config):
-        seen["config"] = config
+        seen.append(config)
         spec = SPECS[SPACE.largest()]
-        return SearchResult(SPACE.largest(), spec, TREES[0], 2.0, 2.5, 10.0, 8.0, 123)
+        return run_module.SearchOutcome(SearchResult(SPACE.largest(), spec, TREES[0], 2.0, 2.5, 10.0, 8.0, 123), [])
 
-    monkeypatch.setattr(run_module, "run_search", fake_run)
+    monkeypatch.setattr(run_module, "run_search_outcome", fake_run)
     code = cli.main(["search", "--table", "t.json", "--supernet", "sn", "--out", str(tmp_path), "--layers", "1,3",
-                     "--vocab-sizes", "full,8192", "--max-params", "1000"])
-    config = seen["config"]
+                     "--vocab-sizes", "full,8192", "--max-params", "1000", "--prompts", "5"])
+    config = seen[-1]
     assert code == 0 and config.num_layers == (1, 3) and config.draft_vocab_sizes == (None, 8192)
     assert config.max_params == 1000 and config.head_ratios == ()  # (): the supernet's training space
-    assert config.injection_layers is None
+    assert config.injection_layers is None and config.prompts == 5
+    assert config.compare is None and config.confirm is None
+    code = cli.main(["search", "--table", "t.json", "--supernet", "sn", "--out", str(tmp_path),
+                     "--compare-table", "gpu.json", "--compare-backend", "trt", "--calibration-prompts", "3",
+                     "--confirm", "3", "--prompts", "p.jsonl", "--artifacts", "art", "--baseline", "none"])
+    config = seen[-1]
+    assert code == 0 and config.prompts == 3 and config.compare == TableSelection(Path("gpu.json"), backend="trt")
+    assert config.confirm == ConfirmConfig(top=3, prompts=Path("p.jsonl"), artifacts=Path("art"), baseline="none")
+    # --confirm without a prompts file is refused before any work
+    assert cli.main(["search", "--table", "t.json", "--supernet", "sn", "--out", str(tmp_path),
+                     "--confirm", "2"]) == cli.EXIT_USER_ERROR and len(seen) == 2
 
 
 def test_rank_correlation() -> None:

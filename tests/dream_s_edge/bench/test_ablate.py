@@ -74,7 +74,9 @@ def test_ablation_table_json_and_plots(drafts, prompts, model_dirs, tmp_path, ca
         assert (tmp_path / "ablations-runs" / f"{name}.png").is_file()
     assert out.with_suffix(".png").stat().st_size > 1000 and table.with_suffix(".png").stat().st_size > 1000
     text = table.read_text()
-    assert "| name | draft | interaction | feature layers | visual keep | τ mean |" in text
+    assert "| name | draft | interaction | early target | feature layers | visual keep | τ mean |" in text
+    assert all(row["early_target"] is None for row in rows.values())  # untrained: no distillation record
+    assert all(row["decode_speedup"] == combined["reports"][n]["decode_speedup"] for n, row in rows.items())
     assert "![τ, tokens/s and speedup per draft](ablations.png)" in text and "## Commands" in text
     for name, row in rows.items():
         assert f"| {name} | `{row['draft']}` |" in text and f"    {row['command']}" in text
@@ -132,3 +134,17 @@ def test_ablation_over_exported_folders(exported_tiny, prompts, tmp_path) -> Non
                                                       artifacts=folder), entries=(("one", folder),)))
     with pytest.raises(UserInputError, match="not an exported folder"):
         run_ablation(AblationConfig(bench=base, entries=(("one", str(tmp_path)),)))
+
+
+def test_early_target_reads_the_distillation_record(tmp_path) -> None:
+    from dream_s_edge.bench.ablate import early_target
+
+    def draft(name, train_config):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"distillation": {"train_config": train_config}}))
+        return str(tmp_path / name)
+
+    assert early_target(draft("dream", {"intermed_weight": 0.2})) == "entropy layer"
+    assert early_target(draft("last", {"intermed_weight": 0.2, "intermed_source": "last"})) == "last layer"
+    assert early_target(draft("off", {"intermed_weight": 0.0})) == "none"
+    assert early_target(str(tmp_path / "missing")) is None and early_target("oracle") is None

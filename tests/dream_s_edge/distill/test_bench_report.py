@@ -25,6 +25,13 @@ def test_bench_json(tiny_data_dir, tiny_target_dir, tmp_path):
     assert set(report["tokens_per_s"]) == {"autoregressive", "speculative"}
     assert report["speedup"] == pytest.approx(report["tokens_per_s"]["speculative"]
                                               / report["tokens_per_s"]["autoregressive"])
+    rows = report["per_prompt"]
+    for method, rate in report["decode_tokens_per_s"].items():  # prefill and the first token left out
+        tokens = sum(r["tokens"][method] - 1 for r in rows)
+        seconds = sum(r[method]["wall_s"] - r[method]["prefill_s"] for r in rows)
+        assert rate == pytest.approx(tokens / seconds)
+    assert report["decode_speedup"] == pytest.approx(report["decode_tokens_per_s"]["speculative"]
+                                                     / report["decode_tokens_per_s"]["autoregressive"])
     assert report["greedy_identical"] is True and report["mismatched_prompts"] == []
     assert out.with_suffix(".png").stat().st_size > 1000
 

@@ -28,6 +28,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data_dir, tiny_targ
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     log_a, log_b = read_log(tmp_path / "whole"), read_log(tmp_path / "killed")
+    assert [r["step"] for r in log_b if r.get("resumed")] == [2]  # the resume is marked where it happened
+    log_b = [r for r in log_b if not r.get("resumed")]
     assert [r["step"] for r in log_b] == [r["step"] for r in log_a] == [1, 2, 3, 4, 5, 6, 6]
     assert [r.get("loss") for r in log_a] == [r.get("loss") for r in log_b]  # no jump, no duplicate
     record = json.loads((resumed / "config.json").read_text())["distillation"]
@@ -63,3 +65,25 @@ def test_reduced_vocabulary_keeps_the_most_frequent_answer_tokens(tiny_data_dir,
     assert counts[d2t].min() >= counts[dropped].max() and counts[d2t].sum() > 0  # the most frequent are kept
     table = torch.zeros(vocab, width)
     assert torch.equal(load_draft(folder, table, table).d2t, d2t)  # and the folder loads as a draft
+
+
+def test_ablation_overrides_reach_the_draft_and_its_targets(tiny_data_dir, tiny_target_dir, tmp_path):
+    import torch
+
+    from dream_s_edge.distill.dataset import DistillDataset, training_example
+    from dream_s_edge.draft import DraftSpec
+
+    folder = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path, steps=1, ttt_steps=0,
+                                 interaction="concat", intermed_source="last"))
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["draft_spec"]["interaction"] == "concat"
+    assert saved["distillation"]["train_config"]["intermed_source"] == "last"
+    seq = DistillDataset(tiny_data_dir)[0]
+    spec = DraftSpec.from_dict(saved["draft_spec"])
+    last = training_example(seq, spec, "cpu", intermed_source="last")
+    entropy = training_example(seq, spec, "cpu")
+    assert torch.equal(last.intermed, last.last)
+    assert torch.equal(entropy.intermed, seq["intermed"][entropy.positions].float())
+    assert not torch.equal(entropy.intermed, entropy.last)  # the tiny target's band layer is not its last
+    with pytest.raises(TrainingError, match="intermediate-feature source"):
+        _config(tiny_data_dir, tiny_target_dir, tmp_path, intermed_source="middle")

@@ -110,6 +110,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(whole, tiny_supernet_dat
     resumed = train_draft(_config(tiny_supernet_data_dir, tiny_target_dir, tmp_path))
     assert _same(_weights(folder), _weights(resumed))
     log_a, log_b = read_log(run), read_log(tmp_path)
+    assert [r["step"] for r in log_b if r.get("resumed")] == [halt - 1]
+    log_b = [r for r in log_b if not r.get("resumed")]
     assert [r.get("loss") for r in log_a] == [r.get("loss") for r in log_b]  # no jump, no duplicate
     assert sum("phase_switch" in r for r in log_b) == 1
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from dream_s_edge.draft import DraftSpec, DreamDraft, TargetDims, build_vocab_map, load_draft, save_draft
+from dream_s_edge.draft.checkpoint import convert_draft
 from dream_s_edge.draft.masks import causal_mask, shifted_memory_mask
-from runtime.errors import ModelLoadError, SpecMismatchError
+from runtime.errors import ModelLoadError, SpecMismatchError, UserInputError
 
 H, V, T = 32, 50, 10
 TARGET = TargetDims(hidden_size=H, vocab_size=V, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=64)
@@ -206,3 +207,34 @@ def test_save_load_round_trip(tmp_path, variant):
         load_draft(tmp_path / "draft", torch.zeros(V, 16), torch.zeros(V, 16))
     with pytest.raises(ModelLoadError):
         load_draft(tmp_path / "missing", model.embed_weight, model.lm_head_weight)
+
+
+def test_converted_draft_is_half_the_size_and_runs_like_the_original(tmp_path):
+    model = make_draft("cross-deep-narrow", dtype=torch.float32)
+    save_draft(tmp_path / "fp32", model, model.spec)
+    convert_draft(tmp_path / "fp32", tmp_path / "fp16", "float16")
+    size = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in ("fp32", "fp16")}
+    assert size["fp16"] < 0.6 * size["fp32"]
+    config = json.loads((tmp_path / "fp16" / "config.json").read_text())
+    assert config["weights_dtype"] == "float16"
+    loaded = load_draft(tmp_path / "fp16", model.embed_weight, model.lm_head_weight)
+    assert loaded.spec == model.spec and torch.equal(loaded.d2t, model.d2t)  # the integer map is kept exactly
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert b.dtype == a.dtype, name  # cast back to the target's dtype on load
+        if a.is_floating_point():
+            assert torch.equal(b, a.half().float()), name  # only fp16 rounding, nothing else
+    ids, features = sample_inputs(model)
+    with torch.no_grad():
+        want, got = model(model.embed(ids), features.float()).logits, loaded(loaded.embed(ids), features.float()).logits
+    assert (want - got).abs().max() < 1e-2 * want.abs().max()
+
+
+def test_convert_refuses_bad_requests(tmp_path):
+    model = make_draft("cross")
+    save_draft(tmp_path / "draft", model, model.spec)
+    with pytest.raises(UserInputError, match="dtype"):
+        convert_draft(tmp_path / "draft", tmp_path / "out", "int3")
+    with pytest.raises(UserInputError, match="overwrite"):
+        convert_draft(tmp_path / "draft", tmp_path / "draft")
+    with pytest.raises(ModelLoadError):
+        convert_draft(tmp_path / "missing", tmp_path / "out")
