@@ -196,7 +196,8 @@ def format_compare(report: CompareReport) -> list[str]:
             ("predicted speedup (own table)", [f"{t.result.predicted_speedup:.2f}x" for t in tables])]
     for other in tables:
         rows.append((f"speedup on {other.label}", [f"{t.scores[other.label].speedup:.2f}x" for t in tables]))
-    lines = [f"{name:32s} " + "".join(f"{v:{width}s}" for v in values) for name, values in rows]
+    first = max(len(name) for name, _ in rows) + 1
+    lines = [f"{name:{first}s} " + "".join(f"{v:{width}s}" for v in values) for name, values in rows]
     lines.append("the tables choose " + ("the same sub-network and tree" if report.same_choice else "differently"))
     return lines
 
