@@ -99,6 +99,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--min-prob", type=float, default=0.0,
                    help="dynamic tree: leave out candidates below this cumulative draft probability (0: none)")
+    p.add_argument("--search", default=None, metavar="SEARCH_JSON",
+                   help="a `dream-s-edge search` result: export its chosen draft (the draft/ folder beside it) "
+                        "with its tree, which becomes the folder's default tree (replaces --draft and the tree flags)")
     p.add_argument("--draft-weights", choices=["float32", "int8", "int4"], default="float32",
                    help="the draft step's MatMul weights (int8/int4: block-quantized, several times fewer bytes "
                         "read per draft call; the target stays float32, so outputs stay the target's own)")
@@ -117,10 +120,13 @@ def _run_export(args: argparse.Namespace) -> int:
     tree = TreeOptions(
         kind=args.tree, top_k=args.top_k, depth=args.depth, node_budget=args.node_budget, min_prob=args.min_prob
     ).spec()
+    draft = None if args.draft == "none" else draft_or_default(args.draft, args.model, fallback=None)
+    if args.search is not None:
+        draft, tree = _searched_draft(args)
     config = ExportConfig(
         out=Path(args.out),
         model=args.model,
-        draft=None if args.draft == "none" else draft_or_default(args.draft, args.model, fallback=None),
+        draft=draft,
         max_context=args.max_context,
         tree=tree,
         parity=not args.no_parity,
@@ -128,6 +134,27 @@ def _run_export(args: argparse.Namespace) -> int:
     )
     print(export_artifacts(config))
     return 0
+
+
+def _searched_draft(args: argparse.Namespace):
+    """(draft folder, tree) of a search result; refuses --draft beside --search and a result without its draft."""
+    from pathlib import Path
+
+    from runtime.errors import UserInputError
+    from search.search import SearchResult
+
+    if args.draft is not None:
+        raise UserInputError("--search brings its own draft; --draft cannot be given with it.",
+                             hint="drop --draft, or drop --search and pass the tree flags yourself")
+    path = Path(args.search)
+    if not path.is_file():
+        raise UserInputError(f"No search result at {path}.", hint="pass the search.json that `dream-s-edge search` wrote")
+    result = SearchResult.load(path)
+    folder = path.parent / "draft"
+    if not (folder / "config.json").is_file():
+        raise UserInputError(f"The search result's draft folder {folder} is missing.",
+                             hint="rerun `dream-s-edge search --out DIR`: it writes DIR/search.json and DIR/draft/")
+    return str(folder), result.tree
 
 
 def _add_ask(sub: argparse._SubParsersAction) -> None:

@@ -108,6 +108,21 @@ def test_run_search_end_to_end_on_a_tiny_target(model_dirs, tmp_path) -> None:
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
     draft = load_draft(tmp_path / "out" / "draft", adapter.text_embedding().weight, adapter.lm_head_weight())
     assert draft.spec == result.spec
+    # the ordinary export takes the result: its draft, and its tree as the folder's default (what the runtime reads)
+    from dream_s_edge.cli import main
+    from runtime.manifest import Manifest
+    from runtime.session import tree_from_manifest
+
+    search_json = str(tmp_path / "out" / "search.json")
+    assert main(["export", "--out", str(tmp_path / "art"), "--model", str(folder), "--search", search_json,
+                 "--max-context", "256", "--no-parity"]) == 0
+    manifest = Manifest.load(tmp_path / "art")
+    assert tree_from_manifest(manifest["tree"]) == result.tree
+    assert {k: v for k, v in manifest["draft"]["spec"].items()} == result.spec.to_dict()
+    assert main(["export", "--out", str(tmp_path / "art2"), "--model", str(folder), "--search", search_json,
+                 "--draft", "untrained"]) == 2  # the result brings its own draft
+    assert main(["export", "--out", str(tmp_path / "art3"), "--model", str(folder),
+                 "--search", str(tmp_path / "missing.json")]) == 2
 
 
 def test_search_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
