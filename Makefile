@@ -44,7 +44,7 @@ browser:
 
 # The shipped default draft (dream_s_edge/assets/default_draft/), reproduced: self-distillation data from the
 # embedded default target, the draft distilled from it, then its float16 copy into the package. Resumable (rerun
-# after a kill). ~35 + ~30 min on 2 CPU cores; the same commands run on a CUDA GPU in minutes.
+# after a kill). ~30 + ~40 min on 2 CPU cores; the same commands run on a CUDA GPU in minutes.
 DRAFT_RUNS ?= $(HOME)/.cache/dream-s-edge/runs
 default-draft: setup
 	$(CLI) distill-data --out $(DRAFT_RUNS)/distill-v2 --num-scene 330 --num-photo 88 --num-text 174 \

@@ -67,7 +67,7 @@ class TreeSpec:
             left out, and the tree stops growing at a depth where no frontier node reaches it; the
             tree then holds fewer than N nodes (verify runs on what is left). 0: always N nodes.
             Worth it where each verified node costs (a CPU): a node pays when its acceptance
-            probability times t_AR exceeds the extra verify time it costs (`search.latency`).
+            probability times t_AR exceeds the extra verify time it costs.
     """
 
     kind: str

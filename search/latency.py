@@ -100,8 +100,8 @@ class LatencyModel:
             rounds = [r for r in rows if r["call"] == "round"]
             dims = self._dims()
             if rounds:
-                x = np.array([round_features(r["spec"], _tree(r["tree"]), r["new"], r["past"], dims) for r in rounds])
-                y = np.array([r["ms"] - self.tree_host_ms(_tree(r["tree"])) for r in rounds])
+                x = np.array([round_features(r["spec"], TreeSpec.from_dict(r["tree"]), r["new"], r["past"], dims) for r in rounds])
+                y = np.array([r["ms"] - self.tree_host_ms(TreeSpec.from_dict(r["tree"])) for r in rounds])
             else:
                 x = np.array([draft_features(r["spec"], r["call"], r["new"], r["past"], *dims) for r in rows])
                 y = np.array([r["ms"] for r in rows])
@@ -186,10 +186,6 @@ def round_features(spec: dict, tree: TreeSpec, accepted: int, past: int, dims: t
     advance = draft_features(spec, "advance", accepted, past, *dims)
     step = draft_features(spec, "tree_step", tree.top_k, past + accepted, *dims)
     return advance + tree_steps(tree) * step
-
-
-def _tree(section: dict) -> TreeSpec:
-    return TreeSpec.from_dict(section)
 
 
 def nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:

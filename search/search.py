@@ -114,13 +114,11 @@ class SearchResult:
 
 
 def tree_to_dict(tree: TreeSpec) -> dict:
-    out = dataclasses.asdict(tree)
-    out["choices"] = [list(c) for c in tree.choices]
-    return out
+    return tree.to_dict()
 
 
 def tree_from_dict(data: dict) -> TreeSpec:
-    return TreeSpec(**{**data, "choices": tuple(tuple(c) for c in data.get("choices", ()))})
+    return TreeSpec.from_dict(data)
 
 
 def tree_grid(top_ks, depths, node_budgets) -> list[TreeSpec]:
