@@ -34,7 +34,7 @@ from runtime.tree import TreeSpec
 logger = logging.getLogger(__name__)
 
 # Bump when the cached folder depends on something the key does not cover yet.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: draft_step outputs only the last head_rows tokens (a cheaper draft prefill)
 CACHE_PREFIX = "demo-artifacts-"
 UNTRAINED = "untrained"  # export's name for a freshly initialised (seeded) draft
 DEFAULT_QUESTION = "Describe this picture in one sentence."
@@ -45,10 +45,11 @@ class DemoExportSettings:
     """How the demo exports the default target and draft (the cache key covers every field but parity)."""
 
     max_context: int = 1024  # committed tokens the runtime's KV cache holds
-    # Measured best on onnxruntime CPU (docs/measurements/default-draft/): a depth-6 tree of at most 16
-    # nodes without candidates below 5% draft probability, and int4 draft weights (the draft step reads
-    # its weights once per call, so int4 makes a round about half as long; the target stays float32).
-    tree: TreeSpec = field(default_factory=lambda: TreeSpec.dynamic(top_k=4, depth=6, node_budget=16, min_prob=0.05))
+    # Measured best on onnxruntime CPU (docs/measurements/default-draft/tree_sweep_ort_cpu_v2.json): a
+    # depth-8 tree of at most 16 nodes without candidates below 5% draft probability, and int4 draft
+    # weights (the draft step reads its weights once per call, so int4 makes a round about half as
+    # long; the target stays float32).
+    tree: TreeSpec = field(default_factory=lambda: TreeSpec.dynamic(top_k=4, depth=8, node_budget=16, min_prob=0.05))
     draft_weights: str = "int4"  # draft_step MatMul weights: float32, int8 or int4
     parity: bool = True  # check every graph against PyTorch while exporting (does not change the files)
 

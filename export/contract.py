@@ -4,8 +4,8 @@ Everything that crosses from export to runtime is named here, by functions, and 
 `manifest.json` (`io_contract`); the runtime reads the names back from the manifest and never spells
 one itself. Each tensor carries a `role` (what it is; the runtime looks tensors up by role) and,
 for per-layer tensors, a `layer`. Symbolic axes: `past` (committed slots P handed to the graph), `new`
-(tokens T of this step), `rows` (logits rows, min(new, node_budget)), `images`, `memory`
-(feature-memory entries M), `k` (top-k).
+(tokens T of this step), `rows` (logits rows, min(new, node_budget)), `head_rows` (draft output
+rows, min(new, the draft section's head_rows)), `images`, `memory` (feature-memory entries M), `k` (top-k).
 
 Graphs and their tensors, in order (L target layers, B draft blocks, Hkv/D per model)::
 
@@ -30,12 +30,13 @@ Graphs and their tensors, in order (L target layers, B draft blocks, Hkv/D per m
                        memory_mask       float32 [1, 1, new, memory]       additive
                        past_key.{b}      float32 [1, past, Hkv, D]         b = 0 .. B-1
                        past_value.{b}    float32 [1, past, Hkv, D]
-                  out  topk_logprobs     float32 [new, K]                  log-softmax, best first; K is
-                                                                           the tree's top_k, fixed at export
-                       topk_ids          int64   [new, K]                  draft-vocabulary ids
-                       memory_out_key    float32 [1, new, Hkv, D]          this step's own feature memory
-                       memory_out_value  float32 [1, new, Hkv, D]          ("cross_attention"), or
-                       memory_out        float32 [1, new, Hd]              ("concat"); none for "none"
+                  out  topk_logprobs     float32 [head_rows, K]            log-softmax, best first, of the
+                                                                           last head_rows tokens; K is the
+                                                                           tree's top_k, fixed at export
+                       topk_ids          int64   [head_rows, K]            draft-vocabulary ids
+                       memory_out_key    float32 [1, head_rows, Hkv, D]    this step's own feature memory
+                       memory_out_value  float32 [1, head_rows, Hkv, D]    ("cross_attention"), or
+                       memory_out        float32 [1, head_rows, Hd]        ("concat"); none for "none"
                        present_key.{b}   float32 [1, new, Hkv, D]
                        present_value.{b} float32 [1, new, Hkv, D]
     draft_memory  in   features          float32 [1, memory, F]            target features
@@ -161,9 +162,9 @@ def draft_step_io(
         ]
     inputs += _kv(blocks, heads, dim, present=False)
     outputs = [
-        TensorSpec("topk_logprobs", "topk_logprobs", "float32", ("new", top_k)),
-        TensorSpec("topk_ids", "topk_ids", "int64", ("new", top_k)),
-        *_memory_outputs(interaction, heads, dim, hidden, "new"),
+        TensorSpec("topk_logprobs", "topk_logprobs", "float32", ("head_rows", top_k)),
+        TensorSpec("topk_ids", "topk_ids", "int64", ("head_rows", top_k)),
+        *_memory_outputs(interaction, heads, dim, hidden, "head_rows"),
         *_kv(blocks, heads, dim, present=True),
     ]
     return inputs, outputs

@@ -2,7 +2,8 @@
 
 Writes into the artifact folder (keys as in the manifest's `files`):
 
-    draft_step.onnx     DraftStep (export/draft_graphs.py), top-k fixed to the tree's top_k
+    draft_step.onnx     DraftStep (export/draft_graphs.py), top-k fixed to the tree's top_k, outputs for
+                        the last `head_rows` = scratch slots tokens
     draft_memory.onnx   DraftMemory, for drafts that read target features
     draft_null_key.npy, draft_null_value.npy   [Hkv, D] the cross-attention null entry
     draft_null_feature.npy                     [H_d] the "concat" null feature
@@ -67,7 +68,8 @@ def export_draft(model, out: Path, arts, config) -> None:
     tree = config.tree
     if tree.top_k > spec.draft_vocab:
         raise ExportError("The tree's top_k exceeds the draft vocabulary.", note=f"{tree.top_k} > {spec.draft_vocab}")
-    step = DraftStep(model, tree.top_k).eval()
+    head_rows = max(tree.scratch_slots, 1)  # bounds a tree level's width (its nodes take distinct slots)
+    step = DraftStep(model, tree.top_k, head_rows).eval()
     inputs, outputs = contract.draft_step_io(spec.num_layers, spec.target_hidden_size, spec.hidden_size,
                                              spec.num_kv_heads, spec.head_dim, spec.interaction, tree.top_k)
     example = _step_feeds(spec, tree.top_k, past=4, count=2, memory=5, seed=0)
@@ -76,7 +78,8 @@ def export_draft(model, out: Path, arts, config) -> None:
     arts.files["draft_step"] = "draft_step.onnx"
     arts.io_contract[contract.DRAFT_STEP] = contract.graph_contract(inputs, outputs)
     if config.parity:  # on the float32 graph: quantization below is a deliberate, recorded change
-        feeds = [_step_feeds(spec, tree.top_k, 0, 5, 3, 1), _step_feeds(spec, tree.top_k, 9, 3, 12, 2)]
+        long_chain = _step_feeds(spec, tree.top_k, 2, head_rows + 3, 6, 3)  # more tokens than head rows
+        feeds = [_step_feeds(spec, tree.top_k, 0, 5, 3, 1), _step_feeds(spec, tree.top_k, 9, 3, 12, 2), long_chain]
         arts.parity[contract.DRAFT_STEP] = check_parity(path, _reference(step, inputs, outputs), feeds)
     weights = getattr(config, "draft_weights", "float32")
     if weights not in WEIGHT_FORMATS:
@@ -89,6 +92,7 @@ def export_draft(model, out: Path, arts, config) -> None:
     arts.sections["draft"] = {
         "spec": spec.to_dict(),
         "scratch_slots": max(tree.scratch_slots, 1),
+        "head_rows": head_rows,
         "max_depth": max(tree.depth, 1),
         "top_k": tree.top_k,
         "weights": weights,

@@ -31,13 +31,20 @@ def attend_additive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return out.reshape(B, H, n, D)
 
 
-def _block_step(block, x, cos, sin, mask, past_k, past_v):
-    """One decoder block over n new tokens; returns (y [1, n, H_d], k, v [1, n, Hkv, D])."""
+def _block_step(block, x, cos, sin, mask, past_k, past_v, rows: int | None = None):
+    """One decoder block over n new tokens; returns (y [1, r, H_d], k, v [1, n, Hkv, D]).
+
+    K/V are always computed for all n tokens (the cache needs them); with `rows`, the queries,
+    the attention output and the MLP only for the last r = min(n, rows) tokens (a Slice, which
+    clamps), so a block whose output only feeds the head skips the other rows.
+    """
     attn = block.attn
     h_in = block.input_norm(x)
-    q = apply_rope(split_heads(attn.q_proj(h_in), attn.num_heads), cos, sin)
     k = apply_rope(split_heads(attn.k_proj(h_in), attn.num_kv_heads), cos, sin)  # [1, Hkv, n, D]
     v = split_heads(attn.v_proj(h_in), attn.num_kv_heads)
+    if rows is not None:
+        x, h_in, cos, sin, mask = x[:, -rows:], h_in[:, -rows:], cos[-rows:], sin[-rows:], mask[:, :, -rows:]
+    q = apply_rope(split_heads(attn.q_proj(h_in), attn.num_heads), cos, sin)
     keys = torch.cat((past_k.transpose(1, 2), k), dim=2)
     values = torch.cat((past_v.transpose(1, 2), v), dim=2)
     h = x + attn.o_proj(merge_heads(attend_additive(q, keys, values, mask)))
@@ -69,12 +76,18 @@ class DraftStep(nn.Module):
     Args:
         model: the DreamDraft (float32, eval).
         top_k: K, the continuations returned per token.
+        head_rows: top-k and feature-memory outputs only for the last min(new, head_rows) tokens
+            (the last block's queries and MLP too): a tree level needs every row, a chain (prefill,
+            advance) only its last, so a prompt-long prefill skips the head over the prompt. The
+            export sets it to the scratch slot count, which bounds a tree level's width.
+            None: every row.
     """
 
-    def __init__(self, model, top_k: int):
+    def __init__(self, model, top_k: int, head_rows: int | None = None):
         super().__init__()
         self.model = model
         self.top_k = top_k
+        self.head_rows = head_rows
         self.interaction = model.spec.interaction
 
     def forward(self, *inputs):
@@ -89,10 +102,14 @@ class DraftStep(nn.Module):
         x = model.input_stream(embeds, previous)
         cos, sin = rope_cos_sin(positions, spec.head_dim, spec.rope_theta, x.dtype)
         presents = []
+        last = len(model.blocks) - 1
         for i, block in enumerate(model.blocks):
-            x, k, v = _block_step(block, x, cos, sin, self_mask, inputs[2 * i], inputs[2 * i + 1])
+            rows = self.head_rows if i == last else None  # nothing after the last block needs the other rows
+            x, k, v = _block_step(block, x, cos, sin, self_mask, inputs[2 * i], inputs[2 * i + 1], rows)
             presents += [k, v]
             if model.cross is not None and i == spec.cross_attention_position:
+                if rows is not None:
+                    memory_mask = memory_mask[:, :, -rows:]
                 x = _cross_step(model.cross, x, memory_k, memory_v, memory_mask)
         hidden = model.final_norm(x)
         logits = nn.functional.linear(model.proj_out(hidden), model.output_head)  # [1, n, V_d]

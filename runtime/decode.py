@@ -183,9 +183,13 @@ def prefill(
 
 
 def draft_tree(state: DecodeState, draft: DraftRunner, spec: TreeSpec) -> TreeBuffers:
-    """Consumes the root and the draft's proposal, produces the N-node TreeBuffers."""
+    """Consumes the root and the draft's proposal, produces the N-node TreeBuffers.
+
+    A round emits its accepted nodes plus the bonus, so with r tokens left to emit a dynamic tree
+    grows no deeper than r - 1, and never below an EOS candidate."""
     with state.metrics.timed("draft"):
-        return build_tree(spec, draft, state.root, state.proposal, state.root_position)
+        left = state.limit - len(state.tokens)
+        return build_tree(spec, draft, state.root, state.proposal, state.root_position, state.eos_ids, left - 1)
 
 
 def verify(state: DecodeState, target: TargetRunner, tree: TreeBuffers) -> VerifyResult:

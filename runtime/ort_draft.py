@@ -49,6 +49,8 @@ class OrtDraftRunner:
         threads: intra-op threads (None: onnxruntime's default).
     """
 
+    padded_steps = False  # onnxruntime takes any width: a tree level runs on its real nodes only
+
     def __init__(self, manifest: Manifest, embeddings: np.ndarray, provider: str = "cpu", threads: int | None = None):
         self._configure(manifest, embeddings)
         self.step = OrtGraph(manifest.path("draft_step"), "draft_step", manifest.contract("draft_step"), provider, threads)
@@ -66,6 +68,9 @@ class OrtDraftRunner:
         self.feature_dim = len(spec["feature_layers"]) * int(spec["target_hidden_size"])
         self.top_k_max = int(section["top_k"])
         scratch = int(section["scratch_slots"])
+        # outputs cover the last min(n, head_rows) tokens of a step (all n in exports before head_rows):
+        # a chain reads its last row, a tree level (n <= scratch = head_rows) every row
+        self.head_rows = int(section.get("head_rows") or 0) or None
         context = int(manifest["limits"]["max_context"])
         self.limits = RunnerLimits(max_context=context, node_budget=scratch, max_depth=int(section["max_depth"]))
         self.embeddings = embeddings

@@ -138,7 +138,15 @@ class TargetRunner(Protocol):
 
 @runtime_checkable
 class DraftRunner(Protocol):
-    """A draft with a committed KV cache and a scratch area for one tree."""
+    """A draft with a committed KV cache and a scratch area for one tree.
+
+    Attributes:
+        limits: context, scratch slots and depth the buffers were sized for.
+        padded_steps: whether `tree_step` wants the tree spec's fixed width n on every call (dummy
+            rows pad a level with fewer nodes): engines with fixed shapes (TensorRT) do; runners
+            that take any n (onnxruntime, PyTorch) say False and get only the real nodes. A runner
+            without the attribute is padded.
+    """
 
     limits: RunnerLimits
 

@@ -24,7 +24,8 @@ whose draft offers too few candidates is padded with *invalid* nodes (`valid[j] 
 hang under the root, so the target still gets N nodes, and acceptance never looks at them.
 
 The builders drive the draft with `tree_step` calls of a fixed width n (pad rows are dummy nodes
-whose mask is self-only; their output is ignored). Drafted nodes get scratch slots sequentially:
+whose mask is self-only; their output is ignored), or of the level's real width for a draft that
+takes any width (`DraftRunner.padded_steps` False). Drafted nodes get scratch slots sequentially:
 
 * static tree: node j has slot j - 1 (S = N - 1); only nodes with children are fed to the draft,
   a level at a time, so the slots of leaves are free and the dummies write there.
@@ -312,8 +313,10 @@ def _run_step(
     position: int,
     pad_slots: np.ndarray,
 ) -> Proposal:
-    """Feeds real nodes (all at one depth) plus dummies up to the step width; returns real rows."""
-    n, real = spec.step_width, tokens.shape[0]
+    """Feeds real nodes (all at one depth) plus dummies up to the step width (only for a draft with
+    `padded_steps`); returns the real rows."""
+    real = tokens.shape[0]
+    n = spec.step_width if getattr(draft, "padded_steps", True) else real
     pad = n - real
     step_tokens = np.concatenate([tokens, np.zeros(pad, dtype=np.int64)])  # [n]
     step_slots = np.concatenate([slots, pad_slots[:pad]]).astype(np.int64)  # [n]
@@ -401,7 +404,8 @@ def _select(parents: np.ndarray, scores: np.ndarray, depth: np.ndarray, budget: 
 
 
 def dynamic_tree(
-    spec: TreeSpec, draft: DraftRunner, root: int, proposal: Proposal, root_position: int
+    spec: TreeSpec, draft: DraftRunner, root: int, proposal: Proposal, root_position: int,
+    stop_ids: frozenset[int] = frozenset(), max_depth: int | None = None,
 ) -> TreeBuffers:
     """Grows an EAGLE-2 dynamic tree from the draft's scores under a fixed node budget.
 
@@ -411,7 +415,12 @@ def dynamic_tree(
     too few candidates leave invalid padding nodes. With `spec.min_prob`, frontier and tree keep only
     candidates of cumulative probability >= min_prob (a child never scores above its parent, so the
     tree stays closed under parents), growth stops early when no frontier candidate is left, and the
-    tree is not padded: it has between 1 and N nodes.
+    tree is not padded: it has between 1 and N nodes. A frontier candidate is not expanded when N - 1
+    candidates already score above it (none of its children could be chosen), so growth may stop
+    before depth D without changing the tree.
+
+    Candidates whose token is in `stop_ids` (EOS) stay leaves: generation ends at them, so nothing
+    below one could ever be emitted, and the frontier's k places go to the others.
 
     Args:
         spec: a dynamic TreeSpec.
@@ -419,6 +428,9 @@ def dynamic_tree(
         root: the root token.
         proposal: the draft's top-k continuations of the root, [1, K].
         root_position: absolute position of the root.
+        stop_ids: tokens that end generation (never expanded).
+        max_depth: grow no deeper than this (tokens the call may still emit, minus the bonus);
+            None: spec.depth. At least 1.
 
     Returns:
         TreeBuffers closed under parents: N = spec.node_budget nodes, or 1..N with spec.min_prob.
@@ -431,10 +443,14 @@ def dynamic_tree(
     depth = np.ones(k, dtype=np.int64)  # [C]
     slot_of: dict[int, int] = {}
     floor = np.log(spec.min_prob) if spec.min_prob > 0 else -np.inf
+    stops = np.fromiter(stop_ids, dtype=np.int64, count=len(stop_ids))
     block = np.arange(k)  # candidates of the deepest level so far
-    for d in range(1, spec.depth):
-        frontier = block[_top(scores[block], k)]  # [f <= k]
+    deepest = spec.depth if max_depth is None else max(1, min(spec.depth, max_depth))
+    for d in range(1, deepest):
+        open_ = block[~np.isin(tokens[block], stops)]  # EOS candidates stay leaves
+        frontier = open_[_top(scores[open_], k)]  # [f <= k]
         frontier = frontier[scores[frontier] >= floor]
+        frontier = frontier[_can_place_child(scores, frontier, spec.node_budget - 1)]
         if frontier.size == 0:
             break
         f = frontier.size
@@ -451,6 +467,17 @@ def dynamic_tree(
     keep = _select(parents, scores, depth, spec.node_budget - 1)  # [m] ascending
     keep = keep[scores[keep] >= floor]
     return _pack(spec, root, keep, tokens, parents, scores)
+
+
+def _can_place_child(scores: np.ndarray, frontier: np.ndarray, budget: int) -> np.ndarray:
+    """[f] bool: whether a child of each frontier candidate could still enter the final tree.
+
+    A child scores at most its parent, so when `budget` candidates already score strictly above the
+    parent, `_select` fills the tree before it reaches the child: expanding that parent cannot change
+    the tree and only costs draft work.
+    """
+    above = (scores[None, :] > scores[frontier, None]).sum(axis=1)  # [f]
+    return above < budget
 
 
 def _clamp(logprobs: np.ndarray) -> np.ndarray:
@@ -491,8 +518,11 @@ def _pack(
 
 
 def build_tree(
-    spec: TreeSpec, draft: DraftRunner, root: int, proposal: Proposal, root_position: int
+    spec: TreeSpec, draft: DraftRunner, root: int, proposal: Proposal, root_position: int,
+    stop_ids: frozenset[int] = frozenset(), max_depth: int | None = None,
 ) -> TreeBuffers:
-    """Builds the tree the spec asks for; see `static_tree` and `dynamic_tree`."""
-    builder = static_tree if spec.kind == "static" else dynamic_tree
-    return builder(spec, draft, root, proposal, root_position)
+    """Builds the tree the spec asks for; see `static_tree` and `dynamic_tree` (a static tree keeps
+    its fixed shape, so `stop_ids` and `max_depth` only shape dynamic trees)."""
+    if spec.kind == "static":
+        return static_tree(spec, draft, root, proposal, root_position)
+    return dynamic_tree(spec, draft, root, proposal, root_position, stop_ids, max_depth)

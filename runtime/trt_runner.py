@@ -372,6 +372,8 @@ class TrtDraftRunner(OrtDraftRunner):
     Args: as `TrtTargetRunner`, plus `embeddings` [V, H_t] (the target's table).
     """
 
+    padded_steps = True  # fixed tree-step widths: one shape per level, as the engine's profile and CUDA graphs want
+
     def __init__(self, manifest: Manifest, embeddings: np.ndarray, precision: str | None = None,
                  cuda_graphs: bool = False, api=None, graphs: dict | None = None):
         self._configure(manifest, embeddings)
@@ -452,9 +454,9 @@ class TrtDraftRunner(OrtDraftRunner):
                 addresses[out] = self._tree[i].at(b * S * row) if write_slot is None else \
                     (cache.k, cache.v)[i].at(cache.offset(b, write_slot))
         self.step.run(sizes, shapes, addresses)
-        K = self.top_k_max
-        return {"logprobs": self._out["topk_logprobs"].read((n, K), stream=stream),
-                "ids": self._out["topk_ids"].read((n, K), stream=stream), "memory": ("device", n)}
+        K, rows = self.top_k_max, n if self.head_rows is None else min(n, self.head_rows)
+        return {"logprobs": self._out["topk_logprobs"].read((rows, K), stream=stream),
+                "ids": self._out["topk_ids"].read((rows, K), stream=stream), "memory": ("device", rows)}
 
     def _scatter_tree(self, slots: np.ndarray) -> None:
         """Tree rows 0 .. n-1 -> scratch `slots`, one device 2D copy per node for K and V."""

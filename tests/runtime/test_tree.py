@@ -106,13 +106,15 @@ def _static_oracle(spec: TreeSpec) -> dict[tuple[int, ...], tuple[int, ...]]:
     return out
 
 
-def _dynamic_oracle(spec: TreeSpec) -> dict[tuple[int, ...], float]:
-    """token path -> cumulative score of the kept nodes, EAGLE-2 written with lists."""
+def _dynamic_oracle(spec: TreeSpec, stops: frozenset[int] = frozenset(),
+                    max_depth: int | None = None) -> dict[tuple[int, ...], float]:
+    """token path -> cumulative score of the kept nodes, EAGLE-2 written with lists (paths ending in
+    a stop token are never expanded; no path is longer than max_depth)."""
     ids, lps = _hash_proposal((ROOT,), spec.top_k)
     level = [((int(t),), float(lp)) for t, lp in zip(ids, lps, strict=True)]
     every = list(level)
-    for _ in range(1, spec.depth):
-        frontier = sorted(level, key=lambda c: -c[1])[: spec.top_k]
+    for _ in range(1, min(spec.depth, max_depth or spec.depth)):
+        frontier = sorted((c for c in level if c[0][-1] not in stops), key=lambda c: -c[1])[: spec.top_k]
         level = []
         for path, score in frontier:
             ids, lps = _hash_proposal((ROOT,) + path, spec.top_k)
@@ -163,7 +165,7 @@ def test_dynamic_tree_matches_oracle(spec: TreeSpec) -> None:
     for path, score in oracle.items():
         assert got[path] == pytest.approx(score, rel=1e-5)
     assert int(tree.valid.sum()) == min(spec.node_budget, 1 + len(oracle))
-    assert all(n == spec.top_k for n, _ in draft.calls) and len(draft.calls) == spec.depth - 1
+    assert all(n == spec.top_k for n, _ in draft.calls) and len(draft.calls) <= spec.depth - 1
 
 
 def test_dynamic_padding_is_inert() -> None:
@@ -253,3 +255,70 @@ def test_min_prob_validation_and_round_trip() -> None:
         TreeSpec.dynamic(4, 6, 16, min_prob=1.0)
     with pytest.raises(SpecMismatchError, match="min_prob"):
         TreeSpec("static", 1, 1, 2, ((0,),), min_prob=0.1)
+
+
+@pytest.mark.parametrize("spec", DYNAMIC_SPECS[:3], ids=lambda s: f"K{s.top_k}-D{s.depth}-N{s.node_budget}")
+def test_dynamic_tree_never_grows_below_a_stop_token(spec: TreeSpec) -> None:
+    """EOS candidates stay leaves (nothing after them can be emitted) and the frontier goes to the
+    others: the tree is the oracle's with those paths cut, and no node hangs under a stop token."""
+    root_ids, _ = _hash_proposal((ROOT,), spec.top_k)
+    stops = frozenset({int(root_ids[0]), int(root_ids[2 % spec.top_k])})  # the root's best candidate among them
+    tree = build_tree(spec, HashDraft(spec), ROOT, _root_proposal(spec.top_k), ROOT_POS, stop_ids=stops)
+    _check_structure(tree, spec)
+    got = {_token_path(tree, j) for j in range(1, tree.size) if tree.valid[j]}
+    assert got == set(_dynamic_oracle(spec, stops))
+    assert any(path[-1] in stops for path in got), "the stop candidates themselves are kept"
+    parents = tree.parents[1:][tree.valid[1:]]
+    assert not np.isin(tree.tokens[parents[parents > 0]], list(stops)).any()
+
+
+@pytest.mark.parametrize("max_depth", [1, 2, 3])
+def test_dynamic_tree_grows_no_deeper_than_asked(max_depth: int) -> None:
+    spec = DYNAMIC_SPECS[1]
+    draft = HashDraft(spec)
+    tree = build_tree(spec, draft, ROOT, _root_proposal(spec.top_k), ROOT_POS, max_depth=max_depth)
+    assert tree.depth.max() <= max_depth and len(draft.calls) <= max_depth - 1
+    got = {_token_path(tree, j) for j in range(1, tree.size) if tree.valid[j]}
+    assert got == set(_dynamic_oracle(spec, max_depth=max_depth))
+
+
+@pytest.mark.parametrize("spec", [DYNAMIC_SPECS[0], STATIC_SPECS[3]], ids=["dynamic", "static"])
+def test_unpadded_draft_gets_only_real_nodes_and_the_same_tree(spec: TreeSpec) -> None:
+    """A draft that takes any width (`padded_steps` False) sees no dummy rows; the tree is unchanged."""
+    if spec.kind == "dynamic":
+        spec = TreeSpec.dynamic(spec.top_k, spec.depth, spec.node_budget, min_prob=0.3)  # levels narrower than k
+    padded = HashDraft(spec)
+    unpadded = HashDraft(spec)
+    unpadded.padded_steps = False
+    want = build_tree(spec, padded, ROOT, _root_proposal(spec.top_k), ROOT_POS)
+    got = build_tree(spec, unpadded, ROOT, _root_proposal(spec.top_k), ROOT_POS)
+    for field in ("tokens", "parents", "tree_mask", "valid"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    assert all(n == spec.step_width for n, _ in padded.calls)
+    widths = [n for n, _ in unpadded.calls]
+    assert len(widths) == len(padded.calls) and min(widths) < spec.step_width
+
+
+def test_dynamic_tree_skips_parents_whose_children_cannot_be_chosen() -> None:
+    """N - 1 = 2 nodes: once two candidates score above a frontier node, its children could never
+    enter the tree, so it is not expanded; growth stops at depth 3 of 5 with the tree unchanged."""
+    spec = TreeSpec.dynamic(top_k=2, depth=5, node_budget=3)
+
+    class FixedDraft:
+        def __init__(self):
+            self.widths: list[int] = []
+
+        def tree_step(self, tokens, positions, slots, tree_mask, top_k):
+            n = tokens.shape[0]
+            self.widths.append(n)
+            return Proposal(np.tile([5, 6], (n, 1)), np.tile(np.float32([-1.0, -2.0]), (n, 1)))
+
+    draft = FixedDraft()
+    draft.padded_steps = False
+    root = Proposal(np.array([[3, 4]]), np.float32([[0.0, -5.0]]))
+    tree = build_tree(spec, draft, ROOT, root, ROOT_POS)
+    # depth 1 expands both candidates (scores 0, -5); depth 2 only the best child (-1): the other
+    # (-2) already has two candidates above it; at depth 3 none is left to expand.
+    assert draft.widths == [2, 1]
+    assert [_token_path(tree, j) for j in range(1, tree.size)] == [(3,), (3, 5)]
+    np.testing.assert_allclose(tree.scores[1:], [0.0, -1.0])
