@@ -86,6 +86,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-prompts", type=int, default=4)
     p.add_argument("--val-max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default=None, metavar="DRAFT",
+                   help="warm start: a trained draft folder of the same architecture and data whose weights "
+                        "begin the run (fresh optimizer and learning-rate schedule)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     _add_supernet_flags(p)
@@ -282,6 +285,7 @@ def _run_train(args: argparse.Namespace) -> int:
         val_prompts=args.val_prompts,
         val_max_new_tokens=args.val_max_new_tokens,
         seed=args.seed,
+        init_from=args.init_from,
         device=args.device,
         supernet=_supernet_options(args),
     )

@@ -47,7 +47,7 @@ from dream_s_edge.distill.losses import LossWeights, distill_losses
 from dream_s_edge.distill.prompts import PromptSpec
 from dream_s_edge.distill.unroll import unrolled_forward
 from dream_s_edge.distill.validate import measure_tau
-from dream_s_edge.draft.checkpoint import CONFIG_FILE, save_draft
+from dream_s_edge.draft.checkpoint import CONFIG_FILE, load_draft, save_draft
 from dream_s_edge.draft.model import DraftOutput, DreamDraft, build_vocab_map
 from dream_s_edge.draft.spec import DraftSpec
 from dream_s_edge.generation import TreeOptions
@@ -101,10 +101,15 @@ class TrainConfig:
     tree_node_budget: int = 16
     seed: int = 0
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    init_from: str | None = None  # a trained draft folder whose weights start the run (fresh optimizer and
+    # schedule: a warm restart); its spec must be the one this config builds
     halt_after: int | None = None  # leave after this step as if killed (tests, preemptible jobs)
     supernet: SupernetOptions | None = None  # train a DREAM-S supernet instead of one draft (search/supernet_train.py)
 
     def __post_init__(self):
+        if self.init_from is not None and self.supernet is not None:
+            raise TrainingError("--init-from warm-starts one draft, not a supernet.",
+                                hint="drop --init-from, or train without --supernet")
         if self.intermed_source not in INTERMED_SOURCES:
             raise TrainingError(f"Unknown intermediate-feature source {self.intermed_source!r}.",
                                 hint=f"use one of {INTERMED_SOURCES}")
@@ -121,6 +126,8 @@ class TrainConfig:
             out.pop("interaction")
         if self.intermed_source == "entropy":  # and before the intermediate-target choice
             out.pop("intermed_source")
+        if self.init_from is None:  # and before warm starts
+            out.pop("init_from")
         return out
 
     @classmethod
@@ -246,6 +253,8 @@ class DraftStrategy(TrainStrategy):
     def __init__(self, config: TrainConfig, adapter: TargetAdapter, data: DistillDataset):
         self.config = config
         self.draft = build_draft(adapter, config, data)
+        if config.init_from is not None:
+            warm_start(self.draft, config.init_from)
         self.model = self.draft
         self.module = DistillStep(self.draft, config.weights, config.ttt_steps, config.ttt_decay)
 
@@ -405,6 +414,24 @@ def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDatase
     torch.manual_seed(config.seed)
     draft = DreamDraft(spec, adapter.text_embedding().weight.float(), adapter.lm_head_weight().float(), d2t)
     return draft.to(adapter.device)
+
+
+def warm_start(draft: DreamDraft, folder: str) -> None:
+    """Loads a trained draft's weights into `draft` (built by `build_draft`), refusing another spec.
+
+    Raises:
+        TrainingError: the saved draft's spec or vocabulary map differs from the run's draft.
+    """
+    saved = load_draft(folder, draft.embed_weight, draft.lm_head_weight)
+    if saved.spec != draft.spec:
+        raise TrainingError("The --init-from draft has another architecture than this run builds.",
+                            note=f"saved {saved.spec.to_dict()}\nrun   {draft.spec.to_dict()}",
+                            hint="pass the preset and overrides (--preset, --draft-vocab, ...) it was trained with")
+    if (saved.d2t is None) != (draft.d2t is None) or (saved.d2t is not None and not torch.equal(saved.d2t, draft.d2t)):
+        raise TrainingError("The --init-from draft has another draft vocabulary than this run's data gives.",
+                            hint="warm-start from a draft trained on the same distillation data")
+    draft.load_state_dict(saved.state_dict())
+    logger.info("warm start from %s", folder)
 
 
 def _wrap(module: nn.Module, procs: ts.Processes) -> nn.Module:

@@ -87,3 +87,25 @@ def test_ablation_overrides_reach_the_draft_and_its_targets(tiny_data_dir, tiny_
     assert not torch.equal(entropy.intermed, entropy.last)  # the tiny target's band layer is not its last
     with pytest.raises(TrainingError, match="intermediate-feature source"):
         _config(tiny_data_dir, tiny_target_dir, tmp_path, intermed_source="middle")
+
+
+def test_warm_start_begins_from_the_given_draft_and_refuses_another(tiny_data_dir, tiny_target_dir, tmp_path):
+    """--init-from: step 0 of the new run holds the trained draft's weights (a zero learning rate keeps
+    them), the run records where it started, and a draft of another architecture is refused."""
+    first = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "first", steps=2, ttt_steps=0))
+    kept = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "warm", steps=1, ttt_steps=0, lr=0.0,
+                               init_from=str(first)))
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(kept / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+    record = json.loads((kept / "config.json").read_text())["distillation"]
+    assert record["train_config"]["init_from"] == str(first)
+    fresh = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "fresh", steps=1, ttt_steps=0, lr=0.0))
+    c = load_file(str(fresh / "model.safetensors"))
+    assert not all(torch_equal(a[k], c[k]) for k in a)  # without it, step 0 is the seeded initialisation
+    with pytest.raises(TrainingError, match="another architecture"):
+        train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "other", steps=1, ttt_steps=0,
+                            preset="eagle", init_from=str(first)))
+
+
+def torch_equal(x, y) -> bool:
+    return bool((x == y).all())
