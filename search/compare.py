@@ -22,10 +22,11 @@ so the report says what running one device's pick on the other device would give
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from search.json_record import JsonRecord
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class TableChoice:
 
 
 @dataclass(frozen=True)
-class CompareReport:
+class CompareReport(JsonRecord):
     """The searches of several tables side by side (the same τ̂ table under each)."""
 
     tables: tuple[TableChoice, ...]
@@ -121,14 +122,6 @@ class CompareReport:
                               f"expected {FORMAT!r} {FORMAT_VERSION}")
         return cls(tuple(TableChoice.from_dict(t) for t in data["tables"]), data.get("provenance", {}))
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> CompareReport:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def table_labels(keys: list[dict]) -> list[str]:

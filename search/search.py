@@ -19,14 +19,13 @@ the chosen sub-network (choice and DraftSpec), the tree, the predicted figures a
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dream_s_edge.draft.spec import DraftSpec
 from runtime.errors import UserInputError
 from runtime.tree import TreeSpec
+from search.json_record import JsonRecord
 from search.latency import LatencyModel
 from search.supernet import SubnetChoice
 
@@ -64,7 +63,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class SearchResult:
+class SearchResult(JsonRecord):
     """The drafting config the search chose; export and the runtime read it.
 
     Attributes:
@@ -103,14 +102,6 @@ class SearchResult:
                    tree_from_dict(data["tree"]), data["predicted_speedup"], data["tau"], data["step_ms"],
                    data["ar_ms"], data["params"], data.get("provenance", {}))
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> SearchResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def tree_to_dict(tree: TreeSpec) -> dict:

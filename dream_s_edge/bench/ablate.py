@@ -176,9 +176,10 @@ def early_target(folder: str) -> str | None:
         train = json.loads(path.read_text()).get("distillation", {}).get("train_config") or {}
     except json.JSONDecodeError:
         return None
-    if not train:
+    weight = train.get("intermed_weight")  # every trainer record holds it (TrainConfig.to_dict)
+    if weight is None:
         return None
-    if not train.get("intermed_weight", 0.2):
+    if not weight:
         return "none"
     return {"entropy": "entropy layer", "last": "last layer"}.get(train.get("intermed_source", "entropy"))
 

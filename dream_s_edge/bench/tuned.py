@@ -74,10 +74,7 @@ class TuneMeasureConfig:
 
 def tree_dict(tree: TreeSpec | None) -> dict | None:
     """A tree setting for the report (None: autoregressive decoding)."""
-    if tree is None:
-        return None
-    out = {"kind": tree.kind, "top_k": tree.top_k, "depth": tree.depth, "node_budget": tree.node_budget}
-    return {**out, "min_prob": tree.min_prob} if tree.min_prob else out
+    return None if tree is None else tree.to_dict()
 
 
 def baseline_tree(manifest, name: str) -> TreeSpec:

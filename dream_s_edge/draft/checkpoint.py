@@ -123,9 +123,22 @@ def convert_draft(src_dir, dst_dir, dtype: str = "float16") -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dst / WEIGHTS_FILE), metadata={"format": FORMAT})
     config["weights_dtype"] = dtype
-    (dst / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (dst / CONFIG_FILE).write_text(json.dumps(home_relative(config), indent=2) + "\n")
     logger.info("wrote %s draft (%.1f MB) to %s", dtype, (dst / WEIGHTS_FILE).stat().st_size / 1e6, dst)
     return dst
+
+
+def home_relative(value):
+    """A JSON value with every string path under the user's home written as "~/...": a shipped
+    draft's provenance names its run folders without the machine's home directory."""
+    if isinstance(value, dict):
+        return {k: home_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [home_relative(v) for v in value]
+    home = str(Path.home())
+    if isinstance(value, str) and home != "/" and (value == home or value.startswith(home + "/")):
+        return "~" + value[len(home):]
+    return value
 
 
 def _read_config(folder: Path) -> dict:

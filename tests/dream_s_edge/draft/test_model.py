@@ -238,3 +238,13 @@ def test_convert_refuses_bad_requests(tmp_path):
         convert_draft(tmp_path / "draft", tmp_path / "draft")
     with pytest.raises(ModelLoadError):
         convert_draft(tmp_path / "missing", tmp_path / "out")
+
+
+def test_home_relative_hides_the_home_directory_in_provenance(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from dream_s_edge.draft.checkpoint import home_relative
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))
+    record = {"data_dir": f"{tmp_path}/runs/data", "nested": [str(tmp_path), f"{tmp_path}x/other"], "steps": 600}
+    assert home_relative(record) == {"data_dir": "~/runs/data", "nested": ["~", f"{tmp_path}x/other"], "steps": 600}
