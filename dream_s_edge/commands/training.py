@@ -46,7 +46,8 @@ def _add_distill_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="distil a DREAM draft (one process, or several under torchrun)")
-    p.add_argument("--data", required=True, help="folder written by distill-data")
+    p.add_argument("--data", required=True,
+                   help="folder written by distill-data, or several separated by commas (e.g. runs with other --seed)")
     p.add_argument(
         "--out", required=True, help="run folder: checkpoint, train_log.jsonl, draft/ (resumed if present)"
     )

@@ -1,6 +1,7 @@
 """Reading distillation data back: sequences by index, and the tensors one training step needs.
 
-`DistillDataset(folder)` indexes the shards a manifest lists (distill/data.py writes them);
+`DistillDataset(folder)` indexes the shards a manifest lists (distill/data.py writes them), of one
+folder or several (`"A,B"`);
 `training_example(seq, spec, ...)` turns one stored sequence into the draft's inputs and targets,
 applying the draft's visual token compression (VTC) exactly as the runner does at prefill: the
 stream keeps every text position and the most-attended visual positions, the feature memory keeps
@@ -23,22 +24,43 @@ from dream_s_edge.draft.spec import DraftSpec
 from dream_s_edge.draft.vtc import select_kept
 from runtime.errors import TrainingError
 
+# Manifest fields that must agree across the folders of one dataset (what a sequence's tensors mean).
+COMPATIBLE_FIELDS = ("target", "band")
+COMPATIBLE_CONFIG = ("model", "extra_layers", "max_context")
+
+
+def data_folders(spec) -> list[Path]:
+    """The folders of a `--data` value: one path, or several joined by commas."""
+    parts = [p.strip() for p in str(spec).split(",")]
+    if not all(parts):
+        raise TrainingError(f"Empty folder name in the data folders {spec!r}.",
+                            hint="pass one folder, or several separated by commas: --data RUNS/a,RUNS/b")
+    return [Path(p) for p in parts]
+
 
 class DistillDataset:
-    """The sequences of a distillation data folder, in manifest order.
+    """The sequences of one or more distillation data folders, folder by folder in manifest order.
+
+    Several folders (`"A,B"`, e.g. distill-data runs with other seeds) read as one dataset; they must
+    come from the same target with the same stored layers. The first folder's manifest (held-out
+    prompts, layer selection) stands for the whole.
 
     Raises:
-        TrainingError: no manifest, or no sequences in it.
+        TrainingError: a folder without a manifest, folders that do not agree, or no sequences.
     """
 
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        self.manifest = read_manifest(self.folder)
-        self.index = [(shard["file"], sid) for shard in self.manifest["shards"] for sid in shard["sequences"]]
+    def __init__(self, folders):
+        self.folders = data_folders(folders)
+        manifests = [read_manifest(f) for f in self.folders]
+        self.manifest = manifests[0]
+        for folder, manifest in zip(self.folders[1:], manifests[1:], strict=True):
+            _check_compatible(self.folders[0], self.manifest, folder, manifest)
+        self.index = [(folder / shard["file"], sid) for folder, manifest in zip(self.folders, manifests, strict=True)
+                      for shard in manifest["shards"] for sid in shard["sequences"]]
         if not self.index:
-            raise TrainingError(f"The data folder {folder} holds no sequences.",
+            raise TrainingError(f"The data folder {folders} holds no sequences.",
                                 hint="build some with `dream-s-edge distill-data`")
-        self._shard_name: str | None = None
+        self._shard_path: Path | None = None
         self._shard: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -46,12 +68,25 @@ class DistillDataset:
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """Sequence i as {name: tensor} (names of the data.py docstring)."""
-        name, sid = self.index[i]
-        if name != self._shard_name:  # one shard in memory at a time
-            self._shard = load_file(str(self.folder / name))
-            self._shard_name = name
+        path, sid = self.index[i]
+        if path != self._shard_path:  # one shard in memory at a time
+            self._shard = load_file(str(path))
+            self._shard_path = path
         prefix = f"{sid}."
         return {k[len(prefix):]: v for k, v in self._shard.items() if k.startswith(prefix)}
+
+
+def _check_compatible(first: Path, reference: dict, folder: Path, manifest: dict) -> None:
+    """Refuses a folder whose sequences were stored for another target or other layers."""
+    pairs = [(f, reference.get(f), manifest.get(f)) for f in COMPATIBLE_FIELDS]
+    pairs += [(f"config.{f}", reference["config"].get(f), manifest["config"].get(f)) for f in COMPATIBLE_CONFIG]
+    for field, want, got in pairs:
+        if want != got:
+            raise TrainingError(
+                f"The data folders {first} and {folder} do not agree on {field}.",
+                f"{first}: {want!r}; {folder}: {got!r}",
+                hint="build every folder with the same --model, --extra-layers and --max-context",
+            )
 
 
 @dataclass

@@ -40,6 +40,7 @@ from dream_s_edge.distill.dataset import (
     DistillDataset,
     TrainingExample,
     answer_token_counts,
+    data_folders,
     rank_indices,
     training_example,
 )
@@ -68,7 +69,7 @@ SHARED_BUFFERS = ("embed_weight", "lm_head_weight", "draft_head")
 class TrainConfig:
     """One distillation run. Changing a field makes an existing checkpoint refuse to resume."""
 
-    data_dir: str  # folder written by `dream-s-edge distill-data`
+    data_dir: str  # folder written by `dream-s-edge distill-data`, or several joined by commas
     out_dir: str  # checkpoint, log and the final draft (<out>/draft)
     model: str = "default"  # the target the data came from: 'default' or a local HF folder
     preset: str = "dream-default"  # DraftSpec preset
@@ -476,7 +477,8 @@ def _finish(config, procs, strategy: TrainStrategy, manifest: dict, vals: dict |
     if procs.is_main:
         record = {
             "layer_selection": manifest.get("layer_selection"),
-            "data": {"folder": str(Path(config.data_dir).resolve()), "sequences": len(DistillDataset(config.data_dir))},
+            "data": {"folder": ",".join(str(f.resolve()) for f in data_folders(config.data_dir)),
+                     "sequences": len(DistillDataset(config.data_dir))},
             "train_config": config.to_dict(),
             "world_size": procs.world,
             "rank_digests": digests,

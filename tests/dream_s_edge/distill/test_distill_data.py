@@ -82,3 +82,22 @@ def test_batched_generation_gives_the_same_greedy_answers(tiny_target_dir, tiny_
     ids = sorted(k for k in one if k.endswith(".input_ids"))
     assert ids and ids == sorted(k for k in batched if k.endswith(".input_ids"))
     assert all(torch.equal(one[k], batched[k]) for k in ids)
+
+
+def test_several_folders_read_as_one(tiny_data_dir, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_data_dir, tmp_path / "again")
+    one, both = DistillDataset(tiny_data_dir), DistillDataset(f"{tiny_data_dir},{copy}")
+    assert len(both) == 2 * len(one) and both.manifest == one.manifest
+    for i in (0, len(one) - 1):
+        a, b = one[i], both[len(one) + i]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_folders_of_other_layers_are_refused(tiny_data_dir, tiny_supernet_data_dir):
+    with pytest.raises(TrainingError, match="config.extra_layers") as info:
+        DistillDataset(f"{tiny_data_dir},{tiny_supernet_data_dir}")
+    assert "--extra-layers" in info.value.hint
+    with pytest.raises(TrainingError, match="Empty folder name"):
+        DistillDataset(f"{tiny_data_dir},")
