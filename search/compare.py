@@ -123,7 +123,6 @@ class CompareReport(JsonRecord):
         return cls(tuple(TableChoice.from_dict(t) for t in data["tables"]), data.get("provenance", {}))
 
 
-
 def table_labels(keys: list[dict]) -> list[str]:
     """A distinct label per table entry key ("backend @ device", numbered when two are alike)."""
     labels = []

@@ -103,7 +103,6 @@ class SearchResult(JsonRecord):
                    data["ar_ms"], data["params"], data.get("provenance", {}))
 
 
-
 def tree_to_dict(tree: TreeSpec) -> dict:
     return tree.to_dict()
 

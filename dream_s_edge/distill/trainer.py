@@ -39,20 +39,17 @@ from dream_s_edge.distill.dataset import (
     INTERMED_SOURCES,
     DistillDataset,
     TrainingExample,
-    answer_token_counts,
-    data_folders,
     rank_indices,
     training_example,
 )
+from dream_s_edge.distill.draft_init import build_draft, warm_start
 from dream_s_edge.distill.losses import LossWeights, distill_losses
 from dream_s_edge.distill.prompts import PromptSpec
 from dream_s_edge.distill.unroll import unrolled_forward
 from dream_s_edge.distill.validate import measure_tau
-from dream_s_edge.draft.checkpoint import CONFIG_FILE, load_draft, save_draft
-from dream_s_edge.draft.model import DraftOutput, DreamDraft, build_vocab_map
-from dream_s_edge.draft.spec import DraftSpec
+from dream_s_edge.draft.checkpoint import CONFIG_FILE, save_draft
+from dream_s_edge.draft.model import DraftOutput, DreamDraft
 from dream_s_edge.generation import TreeOptions
-from dream_s_edge.runners.draft_factory import target_dims
 from dream_s_edge.targets import TargetAdapter, load_target
 from runtime.errors import TrainingError
 
@@ -342,7 +339,7 @@ def _train(config: TrainConfig, procs: ts.Processes) -> Path:
             return out
     bar.close()
     val = _validate(config, procs, adapter, strategy, heldout, out, step=config.steps)
-    return _finish(config, procs, strategy, data.manifest, val, out)
+    return _finish(config, procs, strategy, data, val, out)
 
 
 def _at_step(procs, strategy: TrainStrategy, optimizer, out: Path, done: int) -> None:
@@ -401,40 +398,6 @@ def _load_target(config: TrainConfig, manifest: dict, device: torch.device) -> T
     return adapter
 
 
-def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDataset) -> DreamDraft:
-    """A fresh draft of the configured preset, identical on every process (seeded); with a reduced
-    vocabulary, it keeps the data's most frequent answer tokens."""
-    overrides = {"visual_keep_ratio": config.visual_keep_ratio, "draft_vocab_size": config.draft_vocab_size,
-                 "interaction": config.interaction}
-    spec = DraftSpec.from_name(
-        config.preset, target_dims(adapter), **{k: v for k, v in overrides.items() if v is not None}
-    )
-    d2t = None
-    if spec.draft_vocab_size is not None:
-        d2t = build_vocab_map(answer_token_counts(data, spec.target_vocab_size), spec.draft_vocab_size)
-    torch.manual_seed(config.seed)
-    draft = DreamDraft(spec, adapter.text_embedding().weight.float(), adapter.lm_head_weight().float(), d2t)
-    return draft.to(adapter.device)
-
-
-def warm_start(draft: DreamDraft, folder: str) -> None:
-    """Loads a trained draft's weights into `draft` (built by `build_draft`), refusing another spec.
-
-    Raises:
-        TrainingError: the saved draft's spec or vocabulary map differs from the run's draft.
-    """
-    saved = load_draft(folder, draft.embed_weight, draft.lm_head_weight)
-    if saved.spec != draft.spec:
-        raise TrainingError("The --init-from draft has another architecture than this run builds.",
-                            note=f"saved {saved.spec.to_dict()}\nrun   {draft.spec.to_dict()}",
-                            hint="pass the preset and overrides (--preset, --draft-vocab, ...) it was trained with")
-    if (saved.d2t is None) != (draft.d2t is None) or (saved.d2t is not None and not torch.equal(saved.d2t, draft.d2t)):
-        raise TrainingError("The --init-from draft has another draft vocabulary than this run's data gives.",
-                            hint="warm-start from a draft trained on the same distillation data")
-    draft.load_state_dict(saved.state_dict())
-    logger.info("warm start from %s", folder)
-
-
 def _wrap(module: nn.Module, procs: ts.Processes) -> nn.Module:
     """DDP over processes (gradient averaging in backward); the module itself for one process."""
     if procs.world == 1:
@@ -468,7 +431,7 @@ def _validate(config, procs, adapter, strategy: TrainStrategy, heldout, out: Pat
     return vals
 
 
-def _finish(config, procs, strategy: TrainStrategy, manifest: dict, vals: dict | None, out: Path) -> Path:
+def _finish(config, procs, strategy: TrainStrategy, data: DistillDataset, vals: dict | None, out: Path) -> Path:
     """Checks the processes agree, then rank 0 writes the result and its distillation record."""
     digests = ts.gather_digests(procs, ts.parameter_digest(strategy.model))
     if max(digests) - min(digests) > 1e-6 * max(1.0, abs(digests[0])):
@@ -476,9 +439,8 @@ def _finish(config, procs, strategy: TrainStrategy, manifest: dict, vals: dict |
     folder = out / strategy.output_name
     if procs.is_main:
         record = {
-            "layer_selection": manifest.get("layer_selection"),
-            "data": {"folder": ",".join(str(f.resolve()) for f in data_folders(config.data_dir)),
-                     "sequences": len(DistillDataset(config.data_dir))},
+            "layer_selection": data.manifest.get("layer_selection"),
+            "data": {"folder": ",".join(str(f.resolve()) for f in data.folders), "sequences": len(data)},
             "train_config": config.to_dict(),
             "world_size": procs.world,
             "rank_digests": digests,

@@ -201,22 +201,6 @@ def test_tree_buffers_example_from_docstring() -> None:
     np.testing.assert_array_equal(tree.retrieve, [[0, 1, 4, -1], [0, 2, 5, -1], [0, 1, 3, 6]])
 
 
-def test_tree_spec_validation() -> None:
-    with pytest.raises(SpecMismatchError, match="closed under prefixes"):
-        TreeSpec.static([(0,), (1, 0)])
-    with pytest.raises(SpecMismatchError, match="disagree"):
-        TreeSpec("static", top_k=2, depth=1, node_budget=5, choices=((0,), (1,)))
-    with pytest.raises(SpecMismatchError, match="Unknown tree kind"):
-        TreeSpec("bushy", 2, 2, 4)
-    with pytest.raises(SpecMismatchError, match="takes no choices"):
-        TreeSpec("dynamic", 2, 1, 3, ((0,),))
-    spec = TreeSpec.static([(1,), (0,), (0, 0)])
-    assert spec.choices == ((0,), (1,), (0, 0)) and spec.top_k == 2 and spec.depth == 2
-    assert TreeSpec.from_name("eagle2") == TreeSpec.dynamic(4, 6, 32)
-    assert TreeSpec.dynamic(4, 6, 32).scratch_slots == 20
-    assert TreeSpec.from_name("static-16").scratch_slots == 15
-
-
 def test_wrong_proposal_shape_is_refused() -> None:
     spec = TreeSpec.dynamic(top_k=3, depth=2, node_budget=6)
     bad = Proposal(np.zeros((1, 2), np.int64), np.zeros((1, 2), np.float32))
@@ -242,19 +226,6 @@ def test_pruned_dynamic_tree_is_the_full_tree_above_the_floor(spec: TreeSpec, mi
     assert got.keys() == want.keys()
     deepest_kept_frontier = max((len(p) for p, s in want.items()), default=0)
     assert len(draft.calls) <= max(deepest_kept_frontier, 1) and all(n == spec.top_k for n, _ in draft.calls)
-
-
-def test_min_prob_validation_and_round_trip() -> None:
-    spec = TreeSpec.dynamic(4, 6, 16, min_prob=0.05)
-    assert TreeSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["min_prob"] == 0.05
-    plain = TreeSpec.dynamic(4, 6, 16)
-    assert "min_prob" not in plain.to_dict() and TreeSpec.from_dict(plain.to_dict()) == plain
-    static = TreeSpec.from_name("static-16")
-    assert TreeSpec.from_dict(static.to_dict()) == static
-    with pytest.raises(SpecMismatchError, match="min_prob"):
-        TreeSpec.dynamic(4, 6, 16, min_prob=1.0)
-    with pytest.raises(SpecMismatchError, match="min_prob"):
-        TreeSpec("static", 1, 1, 2, ((0,),), min_prob=0.1)
 
 
 @pytest.mark.parametrize("spec", DYNAMIC_SPECS[:3], ids=lambda s: f"K{s.top_k}-D{s.depth}-N{s.node_budget}")
