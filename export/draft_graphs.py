@@ -14,21 +14,43 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dream_s_edge.draft.blocks import apply_rope, merge_heads, rope_cos_sin, split_heads
+from dream_s_edge.draft.blocks import rope_cos_sin
+
+# The helpers below restate `blocks.split_heads` / `merge_heads` / `apply_rope` / `attend` for the
+# exported batch of 1 with every size but the token axes as a Python int. Traced, they become
+# Reshape/Slice/Tile nodes with constant operands instead of Shape -> Gather -> Concat chains
+# (about a hundred small nodes per draft step that onnxruntime cannot fold, since n is dynamic).
 
 
-def attend_additive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _split(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+    """[1, n, heads * dim] -> [1, heads, n, dim]."""
+    return x.reshape(1, -1, heads, dim).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+    """[1, heads, n, dim] -> [1, n, heads * dim]."""
+    return x.transpose(1, 2).reshape(1, -1, heads * dim)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
+    """`blocks.apply_rope` with the rotate-half split at the constant dim // 2."""
+    half = dim // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def attend_additive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, heads: int,
+                    kv_heads: int, dim: int) -> torch.Tensor:
     """`blocks.attend` with an additive mask [1, 1, n, S] (0 visible, float32 min hidden).
 
     q [1, H, n, D], k/v [1, Hkv, S, D] -> [1, H, n, D]; query groups fold into the query axis (GQA).
     """
-    B, H, n, D = q.shape
-    groups = H // k.shape[1]
-    q = q.reshape(B, k.shape[1], groups * n, D).float()
-    scores = torch.matmul(q, k.float().transpose(-1, -2)) * D**-0.5  # [1, Hkv, g * n, S]
+    groups = heads // kv_heads
+    q = q.reshape(1, kv_heads, -1, dim).float()  # [1, Hkv, g * n, D]
+    scores = torch.matmul(q, k.float().transpose(-1, -2)) * dim**-0.5  # [1, Hkv, g * n, S]
     scores = scores + mask[0, 0].repeat(groups, 1)
     out = torch.matmul(scores.softmax(dim=-1), v.float())
-    return out.reshape(B, H, n, D)
+    return out.reshape(1, heads, -1, dim)
 
 
 def _block_step(block, x, cos, sin, mask, past_k, past_v, rows: int | None = None):
@@ -39,23 +61,28 @@ def _block_step(block, x, cos, sin, mask, past_k, past_v, rows: int | None = Non
     clamps), so a block whose output only feeds the head skips the other rows.
     """
     attn = block.attn
+    H, Hkv = attn.num_heads, attn.num_kv_heads
+    D = attn.k_proj.out_features // Hkv  # Python ints: constants in the traced graph
     h_in = block.input_norm(x)
-    k = apply_rope(split_heads(attn.k_proj(h_in), attn.num_kv_heads), cos, sin)  # [1, Hkv, n, D]
-    v = split_heads(attn.v_proj(h_in), attn.num_kv_heads)
+    k = _rope(_split(attn.k_proj(h_in), Hkv, D), cos, sin, D)  # [1, Hkv, n, D]
+    v = _split(attn.v_proj(h_in), Hkv, D)
     if rows is not None:
         x, h_in, cos, sin, mask = x[:, -rows:], h_in[:, -rows:], cos[-rows:], sin[-rows:], mask[:, :, -rows:]
-    q = apply_rope(split_heads(attn.q_proj(h_in), attn.num_heads), cos, sin)
+    q = _rope(_split(attn.q_proj(h_in), H, D), cos, sin, D)
     keys = torch.cat((past_k.transpose(1, 2), k), dim=2)
     values = torch.cat((past_v.transpose(1, 2), v), dim=2)
-    h = x + attn.o_proj(merge_heads(attend_additive(q, keys, values, mask)))
+    h = x + attn.o_proj(_merge(attend_additive(q, keys, values, mask, H, Hkv, D), H, D))
     y = h + block.mlp(block.post_norm(h))
     return y, k.transpose(1, 2), v.transpose(1, 2)
 
 
 def _cross_step(cross, x, memory_k, memory_v, mask):
     """The gated cross-attention block with an additive memory mask; memory K/V [1, M, Hkv, D]."""
-    q = cross.q_norm(split_heads(cross.q_proj(cross.norm(x)), cross.num_heads))
-    attn = cross.o_proj(merge_heads(attend_additive(q, memory_k.transpose(1, 2), memory_v.transpose(1, 2), mask)))
+    H, Hkv = cross.num_heads, cross.num_kv_heads
+    D = cross.k_proj.out_features // Hkv
+    q = cross.q_norm(_split(cross.q_proj(cross.norm(x)), H, D))
+    keys, values = memory_k.transpose(1, 2), memory_v.transpose(1, 2)
+    attn = cross.o_proj(_merge(attend_additive(q, keys, values, mask, H, Hkv, D), H, D))
     h = x + torch.tanh(cross.gate_attn) * attn
     return h + torch.tanh(cross.gate_mlp) * cross.mlp(cross.mlp_norm(h))
 
