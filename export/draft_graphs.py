@@ -14,12 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dream_s_edge.draft.blocks import rope_cos_sin
+from dream_s_edge.draft.blocks import apply_rope, rope_cos_sin
 
-# The helpers below restate `blocks.split_heads` / `merge_heads` / `apply_rope` / `attend` for the
+# The helpers below restate `blocks.split_heads` / `merge_heads` / `attend` for the
 # exported batch of 1 with every size but the token axes as a Python int. Traced, they become
 # Reshape/Slice/Tile nodes with constant operands instead of Shape -> Gather -> Concat chains
-# (about a hundred small nodes per draft step that onnxruntime cannot fold, since n is dynamic).
+# (about a hundred small nodes per draft step that onnxruntime cannot fold, since n is dynamic);
+# `apply_rope` takes its split point as an int for the same reason.
 
 
 def _split(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
@@ -30,13 +31,6 @@ def _split(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
 def _merge(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     """[1, heads, n, dim] -> [1, n, heads * dim]."""
     return x.transpose(1, 2).reshape(1, -1, heads * dim)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
-    """`blocks.apply_rope` with the rotate-half split at the constant dim // 2."""
-    half = dim // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
 
 
 def attend_additive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, heads: int,
@@ -64,11 +58,11 @@ def _block_step(block, x, cos, sin, mask, past_k, past_v, rows: int | None = Non
     H, Hkv = attn.num_heads, attn.num_kv_heads
     D = attn.k_proj.out_features // Hkv  # Python ints: constants in the traced graph
     h_in = block.input_norm(x)
-    k = _rope(_split(attn.k_proj(h_in), Hkv, D), cos, sin, D)  # [1, Hkv, n, D]
+    k = apply_rope(_split(attn.k_proj(h_in), Hkv, D), cos, sin, D // 2)  # [1, Hkv, n, D]
     v = _split(attn.v_proj(h_in), Hkv, D)
     if rows is not None:
         x, h_in, cos, sin, mask = x[:, -rows:], h_in[:, -rows:], cos[-rows:], sin[-rows:], mask[:, :, -rows:]
-    q = _rope(_split(attn.q_proj(h_in), H, D), cos, sin, D)
+    q = apply_rope(_split(attn.q_proj(h_in), H, D), cos, sin, D // 2)
     keys = torch.cat((past_k.transpose(1, 2), k), dim=2)
     values = torch.cat((past_v.transpose(1, 2), v), dim=2)
     h = x + attn.o_proj(_merge(attend_additive(q, keys, values, mask, H, Hkv, D), H, D))

@@ -47,9 +47,12 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates x [B, H, n, D] by the tables cos/sin [n, D]."""
-    half = x.shape[-1] // 2
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int | None = None) -> torch.Tensor:
+    """Rotates x [B, H, n, D] by the tables cos/sin [n, D].
+
+    half: D // 2 as a Python int, so a traced graph splits at a constant (None: read from x's shape).
+    """
+    half = x.shape[-1] // 2 if half is None else half
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
