@@ -67,6 +67,7 @@ class DemoConfig:
     max_new_tokens: int = 64
     threads: int | None = None  # onnxruntime intra-op threads (None: onnxruntime's default)
     warmup_tokens: int = 4  # untimed decode of this many tokens per method first (0: none)
+    repeats: int = 3  # timed decodes per method, alternating; the median run is reported
     export: DemoExportSettings = field(default_factory=DemoExportSettings)
 
 
@@ -90,13 +91,16 @@ class DemoReport:
 
     text: str  # the speculative answer (streamed)
     autoregressive_text: str
-    speculative: GenerationResult
-    autoregressive: GenerationResult
+    speculative: GenerationResult  # the run of median tokens/s
+    autoregressive: GenerationResult  # the run of median tokens/s
+    speculative_runs: tuple[GenerationResult, ...] = ()  # every timed run, in order (empty: the one above)
+    autoregressive_runs: tuple[GenerationResult, ...] = ()
 
     @property
     def identical(self) -> bool:
-        """Greedy outputs equal token for token (they must: acceptance is lossless)."""
-        return bool(np.array_equal(self.speculative.tokens, self.autoregressive.tokens))
+        """Greedy outputs equal token for token in every run (they must: acceptance is lossless)."""
+        runs = (*self.speculative_runs, *self.autoregressive_runs, self.autoregressive)
+        return all(np.array_equal(self.speculative.tokens, run.tokens) for run in runs)
 
     @property
     def tau(self) -> float:
@@ -111,6 +115,8 @@ class DemoReport:
     def to_dict(self) -> dict:
         """A JSON-ready summary."""
         return {"tau": self.tau, "speedup": self.speedup, "identical": self.identical,
+                "runs_tokens_per_s": {"speculative": _rates(self.speculative_runs),
+                                      "autoregressive": _rates(self.autoregressive_runs)},
                 "speculative": self.speculative.metrics.to_dict(),
                 "autoregressive": self.autoregressive.metrics.to_dict(),
                 "text": self.text, "autoregressive_text": self.autoregressive_text}
@@ -213,13 +219,29 @@ def open_image(image: str | None):
     return load_image(image)
 
 
+def _rates(runs: tuple[GenerationResult, ...]) -> list[float]:
+    return [run.metrics.tokens_per_s for run in runs]
+
+
+def _check_repeats(repeats: int) -> None:
+    if repeats < 1:
+        raise UserInputError(f"--repeats must be at least 1, not {repeats}.", hint="pass --repeats 1 or more")
+
+
+def _median_run(runs: list[GenerationResult]) -> GenerationResult:
+    """The run of median tokens/s (the upper middle one of an even count)."""
+    return sorted(runs, key=lambda run: run.metrics.tokens_per_s)[len(runs) // 2]
+
+
 def answer_and_compare(folder: str | Path, image, question: str, max_new_tokens: int = 64,
                        threads: int | None = None, warmup_tokens: int = 4,
-                       write: Callable[[str], None] = lambda text: None) -> DemoReport:
-    """Streams the speculative answer to `write`, then decodes the same prompt autoregressively.
+                       write: Callable[[str], None] = lambda text: None, repeats: int = 3) -> DemoReport:
+    """Streams the speculative answer to `write`, then times both methods on the same prompt.
 
-    Both decodes run greedily on one `runtime.Session` (the same runners and KV buffers), after an
-    untimed warm-up of each, so their tokens/s compare like for like.
+    Every decode runs greedily on one `runtime.Session` (the same runners and KV buffers), after an
+    untimed warm-up of each. The streamed answer is the first speculative run; then autoregressive
+    and speculative runs alternate until each method has `repeats`, and the run of median tokens/s
+    of each is reported, so a noisy moment on the machine does not decide the speedup.
 
     Args:
         folder: an exported artifact folder with a draft.
@@ -229,10 +251,12 @@ def answer_and_compare(folder: str | Path, image, question: str, max_new_tokens:
         threads: onnxruntime intra-op threads (None: its default).
         warmup_tokens: tokens decoded per method before timing (0: no warm-up).
         write: receives the answer's text pieces as they are decoded.
+        repeats: timed runs per method (at least 1).
 
     Raises:
         UserInputError: the folder holds no draft, or the image or question is bad.
     """
+    _check_repeats(repeats)
     from runtime.session import Session
 
     session = Session.from_dir(folder, threads=threads)
@@ -245,10 +269,15 @@ def answer_and_compare(folder: str | Path, image, question: str, max_new_tokens:
     for piece in session.ask(image, question, stream=True, max_new_tokens=max_new_tokens, speculative=True):
         pieces.append(piece)
         write(piece)
-    speculative_result = session.last_result
+    speculative_runs, plain_runs = [session.last_result], []
     plain = session.ask(image, question, stream=False, max_new_tokens=max_new_tokens, speculative=False)
-    return DemoReport(text="".join(pieces), autoregressive_text=plain.text, speculative=speculative_result,
-                      autoregressive=plain.result)
+    plain_runs.append(plain.result)
+    for _ in range(repeats - 1):
+        speculative_runs.append(session.generate(image, question, max_new_tokens=max_new_tokens, speculative=True))
+        plain_runs.append(session.generate(image, question, max_new_tokens=max_new_tokens, speculative=False))
+    return DemoReport(text="".join(pieces), autoregressive_text=plain.text,
+                      speculative=_median_run(speculative_runs), autoregressive=_median_run(plain_runs),
+                      speculative_runs=tuple(speculative_runs), autoregressive_runs=tuple(plain_runs))
 
 
 def run_demo(config: DemoConfig, write: Callable[[str], None] = lambda text: None,
@@ -258,13 +287,14 @@ def run_demo(config: DemoConfig, write: Callable[[str], None] = lambda text: Non
     `write` receives the streamed answer; `on_export` is told before a first-run export starts.
 
     Raises:
-        UserInputError: an empty question or a bad image (refused before the slow export).
+        UserInputError: an empty question, a bad image or repeats below 1 (refused before the slow export).
         ExportError: the first-run export failed.
     """
     if not config.question or not config.question.strip():
         raise PromptError("The question is empty.", hint='ask something, e.g. "What is in this picture?"')
+    _check_repeats(config.repeats)
     picture = open_image(config.image)
     artifacts = demo_artifacts(config.export, on_export)
     report = answer_and_compare(artifacts.folder, picture, config.question.strip(), config.max_new_tokens,
-                                config.threads, config.warmup_tokens, write)
+                                config.threads, config.warmup_tokens, write, config.repeats)
     return artifacts, report

@@ -32,6 +32,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="image file, or example:NAME for a bundled photograph (astronaut, coffee, ...)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: onnxruntime's default)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed decodes per method, alternating; the median of each gives the speedup (default 3)")
     p.set_defaults(func=_run_demo)
 
 
@@ -39,7 +41,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from dream_s_edge.demo import DemoConfig, run_demo
 
     config = DemoConfig(question=args.question, image=args.image, max_new_tokens=args.max_new_tokens,
-                        threads=args.threads or None)
+                        threads=args.threads or None, repeats=args.repeats)
 
     def announce(folder) -> None:  # only a first run exports, and only the export needs transformers
         quiet_transformers(args.verbose)
@@ -72,7 +74,8 @@ def demo_summary(artifacts, report) -> list[str]:
     return [
         f"speculative (onnxruntime CPU, {draft}): tau {report.tau:.2f} tokens per target pass, "
         f"{spec.tokens_per_s:.1f} tokens/s ({spec.new_tokens} tokens)",
-        f"autoregressive (same session, same prompt): {plain.tokens_per_s:.1f} tokens/s ({plain.new_tokens} tokens)",
+        f"autoregressive (same session, same prompt): {plain.tokens_per_s:.1f} tokens/s ({plain.new_tokens} tokens)"
+        + (f"; medians of {len(report.autoregressive_runs)} alternating runs each" if len(report.autoregressive_runs) > 1 else ""),
         f"speedup: {report.speedup:.2f}x over autoregressive decoding; greedy outputs identical: "
         f"{'yes' if report.identical else 'NO'}",
         f"artifacts: {artifacts.folder}" + (" (exported now)" if artifacts.exported else " (cached)"),

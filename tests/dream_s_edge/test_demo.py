@@ -19,7 +19,7 @@ from dream_s_edge import demo
 from dream_s_edge.cli import EXIT_USER_ERROR, main
 from dream_s_edge.default_draft import DRAFT_FILES
 from dream_s_edge.demo import DemoArtifacts, DemoConfig, DemoExportSettings, answer_and_compare, export_key
-from runtime.errors import ImageError, PromptError
+from runtime.errors import ImageError, PromptError, UserInputError
 from runtime.tree import TreeSpec
 
 # the tiny SmolVLM exported once per session with an untrained draft (fixtures shared with the ORT tests)
@@ -96,6 +96,22 @@ def test_answer_and_compare_on_the_tiny_export(exported_tiny, picture) -> None:
     assert report.speedup == pytest.approx(report.speculative.metrics.tokens_per_s
                                            / report.autoregressive.metrics.tokens_per_s)
     assert set(report.to_dict()) >= {"tau", "speedup", "identical", "speculative", "autoregressive"}
+    assert len(report.speculative_runs) == len(report.autoregressive_runs) == 3  # the default repeats
+    assert report.speculative_runs[0] is not report.speculative_runs[1]
+    rates = sorted(run.metrics.tokens_per_s for run in report.autoregressive_runs)
+    assert report.autoregressive.metrics.tokens_per_s == rates[1]  # the median run
+    assert report.to_dict()["runs_tokens_per_s"]["speculative"] == [
+        run.metrics.tokens_per_s for run in report.speculative_runs]
+
+
+def test_answer_and_compare_once_per_method(exported_tiny, picture) -> None:
+    folder, _ = exported_tiny
+    report = answer_and_compare(folder, demo.open_image(str(picture)), "What is it?", max_new_tokens=4,
+                                threads=1, warmup_tokens=0, repeats=1)
+    assert report.speculative_runs == (report.speculative,) and report.autoregressive_runs == (report.autoregressive,)
+    assert report.identical
+    with pytest.raises(UserInputError, match="--repeats must be at least 1"):
+        answer_and_compare(folder, None, "What is it?", repeats=0)
 
 
 def test_demo_command_prints_tau_and_speedup(exported_tiny, picture, monkeypatch, capsys) -> None:
@@ -110,7 +126,8 @@ def test_demo_command_prints_tau_and_speedup(exported_tiny, picture, monkeypatch
     lines = out.splitlines()
     spec = next(line for line in lines if line.startswith("speculative"))
     assert "tau " in spec and "tokens/s" in spec and "an untrained draft" in spec
-    assert any(line.startswith("autoregressive") and "tokens/s" in line for line in lines)
+    plain = next(line for line in lines if line.startswith("autoregressive"))
+    assert "tokens/s" in plain and plain.endswith("medians of 3 alternating runs each")
     speedup = next(line for line in lines if line.startswith("speedup: "))
     assert "x over autoregressive decoding" in speedup and speedup.endswith("identical: yes")
     assert f"artifacts: {folder} (cached)" in out
@@ -126,6 +143,8 @@ def test_bad_input_is_refused_before_the_export(picture, tmp_path, monkeypatch, 
         demo.run_demo(DemoConfig(question="  ", image=str(picture)))
     with pytest.raises(ImageError):
         demo.run_demo(DemoConfig(image=str(tmp_path / "missing.png")))
+    with pytest.raises(UserInputError, match="--repeats"):
+        demo.run_demo(DemoConfig(image=str(picture), repeats=0))
     assert main(["demo", "--image", "example:nope"]) == EXIT_USER_ERROR
     assert "Unknown example image" in capsys.readouterr().err
 
