@@ -27,6 +27,7 @@ import numpy as np
 from runtime.errors import CapacityError, SpecMismatchError
 from runtime.manifest import Manifest
 from runtime.ort_backend import DeviceBuffer, OrtGraph, SlotKV
+from runtime.prompt_head import shared_prefix
 from runtime.runner import PrefillResult, Proposal, RunnerLimits
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class OrtDraftRunner:
         self._scratch_pos = np.full(scratch, -1, dtype=np.int64)
         self._n_self = 0
         self._root_pos = -1
+        self._prompt_ids: np.ndarray | None = None  # the last prefilled prompt's ids (its K/V lead the cache)
 
     def _allocate(self, manifest: Manifest) -> None:
         """The host / OrtValue buffers (see the module docstring)."""
@@ -118,18 +120,25 @@ class OrtDraftRunner:
 
     # ---- the DraftRunner interface --------------------------------------------------------
     def prefill(self, result: PrefillResult, input_ids: np.ndarray, root: int, top_k: int) -> Proposal:
-        """Consumes the target's prefill and the first root; commits T + 1 positions; returns [1, K]."""
+        """Consumes the target's prefill and the first root; commits T + 1 positions; returns [1, K].
+
+        The first `result.reused` positions are not run again where they equal the previous prompt's.
+        """
         ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
         count = ids.size
         self._check_features(result.features, count, "prefill")
         if not 1 <= count <= self.limits.max_context:
             raise CapacityError("The prompt does not fit the draft's buffers.",
                                 note=f"T={count}, max_context={self.limits.max_context}")
+        kept = 0 if self._prompt_ids is None else min(int(result.reused), shared_prefix(ids, self._prompt_ids))
         self.reset()
+        self._prompt_ids = None  # the passes below write from slot `kept` on
         prompt = self._lookup(ids) if result.inputs_embeds is None else np.asarray(result.inputs_embeds, np.float32)
         embeds = np.concatenate((prompt, self._lookup(np.array([root]))), axis=0)  # [T + 1, H_t]
-        self._write_target_features(result.features, start=0)
-        out = self._chain(embeds, np.arange(count + 1, dtype=np.int64), last=count, top_k=top_k)
+        self._write_target_features(result.features[kept:], start=kept)
+        self._n_self = kept  # the head's K/V and features are still in their slots and entries
+        out = self._chain(embeds[kept:], np.arange(kept, count + 1, dtype=np.int64), last=count, top_k=top_k)
+        self._prompt_ids = ids.copy()
         return self._set_root(count, out, top_k)
 
     def advance(self, tokens: np.ndarray, features: np.ndarray, top_k: int) -> Proposal:

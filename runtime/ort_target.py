@@ -29,6 +29,7 @@ from runtime.embedding import embed_prompt, lookup
 from runtime.errors import CapacityError
 from runtime.manifest import Manifest
 from runtime.ort_backend import DeviceBuffer, OrtGraph, SlotKV
+from runtime.prompt_head import HeadCache
 from runtime.runner import PrefillResult, Prompt, RunnerLimits, VerifyResult
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class OrtTargetRunner:
         budget = self.limits.node_budget
         self._logits = DeviceBuffer((budget, self.vocab_size), np.float32, "cpu")
         self._features = DeviceBuffer((budget, self.feature_dim), np.float32, "cpu")
+        self.head = HeadCache()  # the last prompt's template head, still in the cache's first slots
 
     @property
     def length(self) -> int:
@@ -94,6 +96,9 @@ class OrtTargetRunner:
     def prefill(self, prompt: Prompt) -> PrefillResult:
         """Consumes a prompt, produces its last logits and per-position features; commits T tokens.
 
+        The template head shared with the previous prompt (`prompt.head`) is not run again: its
+        K/V are still in the cache's first slots and its features in `self.head`.
+
         Raises:
             PromptError: image tokens and images disagree, or an image without a vision graph.
             CapacityError: the prompt does not fit the cache.
@@ -105,8 +110,15 @@ class OrtTargetRunner:
             raise CapacityError("The prompt does not fit the target's KV cache.",
                                 note=f"{count} tokens, max_context {self.limits.max_context}")
         embeds = self._embed(ids, prompt.extras.get("pixel_values"))  # [T, H]
-        causal = np.tril(np.ones((count, count), dtype=bool))
-        logits, features = self._step(embeds, np.arange(count, dtype=np.int64), causal)
+        kept = self.head.reusable(ids, prompt.head, self.image_token_id)
+        head_features = self.head.features_for(kept) if kept else None  # [kept, F]
+        self.head.clear()  # the pass below writes slots kept .. T - 1
+        self.cache.length = kept
+        causal = np.tril(np.ones((count - kept, count - kept), dtype=bool))
+        logits, features = self._step(embeds[kept:], np.arange(kept, count, dtype=np.int64), causal)
+        if kept:
+            features = np.concatenate((head_features, features), axis=0)  # [T, F]
+        self.head.store(ids, features, prompt.head)
         self.cache.length = count
         visual = None if self.image_token_id is None else ids == self.image_token_id
         return PrefillResult(
@@ -114,6 +126,7 @@ class OrtTargetRunner:
             features=features,
             inputs_embeds=embeds,
             visual_mask=visual if visual is not None and visual.any() else None,
+            reused=kept,
         )
 
     def verify(self, tokens: np.ndarray, positions: np.ndarray, tree_mask: np.ndarray) -> VerifyResult:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import ImageError, ManifestError, PromptError
+from runtime.prompt_head import shared_prefix
 from runtime.runner import Prompt
 
 MAX_IMAGE_SIZE = 4096  # Idefics3's upper bound on any side before the square resize
@@ -113,6 +114,7 @@ class PromptBuilder:
         self.bos_token = processor.get("bos_token")
         self.image_config = ImageConfig.from_dict(processor["image"])
         self._template = _compile_template(processor["chat_template"])
+        self._heads: dict[bool, int] = {}
 
     def render(self, question: str, has_image: bool) -> str:
         """The prompt text: one user turn (image first, then the question) and the generation prompt."""
@@ -136,9 +138,21 @@ class PromptBuilder:
         text = self.render(question.strip(), image is not None)
         if image is not None:
             text = text.replace(self.placeholder, self.expansion)
+        return Prompt(input_ids=self._encode(text), extras=extras, head=self.head(image is not None))
+
+    def head(self, has_image: bool) -> int:
+        """Tokens every prompt starts with whatever the question: the template's part before it."""
+        if has_image not in self._heads:
+            probes = [self.render(question, has_image) for question in ("Hello", "123 ?")]
+            if has_image:
+                probes = [text.replace(self.placeholder, self.expansion) for text in probes]
+            self._heads[has_image] = shared_prefix(*(self._encode(text) for text in probes))
+        return self._heads[has_image]
+
+    def _encode(self, text: str) -> np.ndarray:
+        """Prompt text -> ids [T] int64 (special tokens added unless the text starts with BOS)."""
         special = not (self.bos_token is not None and text.startswith(self.bos_token))
-        ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=special).ids, dtype=np.int64)
-        return Prompt(input_ids=ids, extras=extras)
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=special).ids, dtype=np.int64)
 
     def decode(self, ids) -> str:
         """Token ids -> text, special tokens skipped."""

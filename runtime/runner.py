@@ -36,10 +36,13 @@ class Prompt:
         input_ids: [T] int64 prompt token ids, image placeholder tokens included.
         extras: named arrays the target needs besides the ids (pixel values, image grid, token
             types). The loop never looks inside; each runner documents its own keys.
+        head: leading tokens the chat template puts before the question in every prompt; a
+            runner may keep their K/V from the previous prompt (`runtime.prompt_head`). 0: none.
     """
 
     input_ids: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    head: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class PrefillResult:
         visual_scores: [T] float32 attention each position receives in the target's last layer
             (mean over heads, summed over queries); meaningful where `visual_mask` is set, or None.
         visual_mask: [T] bool, True at image-token positions, or None for a text-only prompt.
+        reused: leading prompt tokens the target did not run again, their K/V kept from the
+            previous prompt (`runtime.prompt_head`); a draft may keep its own for as many.
     """
 
     logits: np.ndarray
@@ -60,6 +65,7 @@ class PrefillResult:
     inputs_embeds: np.ndarray | None = None
     visual_scores: np.ndarray | None = None
     visual_mask: np.ndarray | None = None
+    reused: int = 0
 
 
 @dataclass(frozen=True)

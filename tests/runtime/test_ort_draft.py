@@ -78,3 +78,31 @@ def test_speculative_equals_autoregressive(exported_tiny, tiny_tree, image) -> N
                               tree=options, draft="untrained")
         np.testing.assert_array_equal(spec.tokens, torch_spec.tokens)
         assert spec.metrics.accept_counts == torch_spec.metrics.accept_counts
+
+
+def test_draft_prefill_keeps_the_head_the_target_kept(exported_tiny, tiny_tree, image) -> None:
+    """After one prompt, the next one's draft prefill runs only past the head the target reused, and
+    proposes what a fresh draft proposes; the next tree level agrees too (the kept K/V are read)."""
+    folder, _ = exported_tiny
+    manifest = Manifest.load(folder)
+    prompts = PromptBuilder(folder, manifest["processor"])
+    first, second = prompts.build(image, "What is it?"), prompts.build(image, "Describe the colours.")
+    pairs = []
+    for warm in (True, False):
+        target = OrtTargetRunner(manifest, threads=1)
+        draft = OrtDraftRunner(manifest, target.embeddings, threads=1)
+        if warm:
+            result = target.prefill(first)
+            draft.prefill(result, first.input_ids, int(result.logits.argmax()), 3)
+        result = target.prefill(second)
+        assert (result.reused > 0) == warm
+        proposal = draft.prefill(result, second.input_ids, int(result.logits.argmax()), 3)
+        pos = draft.length
+        level = draft.tree_step(proposal.token_ids[0, :2], np.array([pos, pos]), np.array([0, 1]),
+                                np.eye(2, dtype=bool), 3)
+        pairs.append((proposal, level))
+    (warm_root, warm_level), (cold_root, cold_level) = pairs
+    np.testing.assert_array_equal(warm_root.token_ids, cold_root.token_ids)
+    np.testing.assert_allclose(warm_root.logprobs, cold_root.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(warm_level.token_ids, cold_level.token_ids)
+    np.testing.assert_allclose(warm_level.logprobs, cold_level.logprobs, atol=1e-5)

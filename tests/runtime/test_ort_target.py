@@ -99,3 +99,26 @@ def test_bad_input_leaves_session_usable(exported_tiny, image, tmp_path) -> None
         list(session.ask(bad, "What is it?", stream=True))
     pieces = list(session.ask(image, "What is it?", stream=True, max_new_tokens=8))
     assert "".join(pieces) == session.prompts.decode(session.last_result.tokens)
+
+
+@pytest.mark.parametrize("with_image", [True, False])
+def test_prefill_keeps_the_template_head_of_the_previous_prompt(exported_tiny, ort_parts, image, with_image) -> None:
+    """The second prompt runs only past the shared head, and its logits and features equal a fresh
+    runner's; the question itself is never kept, so a prompt asked twice reuses the same."""
+    manifest, prompts, runner = ort_parts
+    picture = image if with_image else None
+    fresh = OrtTargetRunner(manifest, threads=1)
+    first, second = prompts.build(picture, QUESTIONS[0]), prompts.build(picture, QUESTIONS[2])
+    head = prompts.head(with_image)
+    assert 0 < head < first.input_ids.size and first.head == second.head == head
+    np.testing.assert_array_equal(first.input_ids[:head], second.input_ids[:head])
+    runner.prefill(first)
+    got = runner.prefill(second)
+    image_at = np.flatnonzero(second.input_ids == manifest["target"]["image_token_id"])
+    assert got.reused == (image_at[0] if with_image else head)
+    ref = fresh.prefill(second)
+    assert ref.reused == 0
+    np.testing.assert_allclose(got.logits, ref.logits, atol=1e-5)
+    np.testing.assert_allclose(got.features, ref.features, atol=1e-5)
+    assert runner.length == fresh.length == second.input_ids.size
+    assert runner.prefill(second).reused == got.reused  # the same prompt again: still only the head
