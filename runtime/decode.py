@@ -176,6 +176,7 @@ def prefill(
     with state.metrics.timed("prefill"):
         target.reset()
         result = target.prefill(prompt)
+        state.metrics.reused_prompt_tokens = result.reused
         _emit(state, np.array([sample_token(result.logits, sampling, rng)]))
         if draft is not None and not state.done:
             draft.reset()

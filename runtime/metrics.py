@@ -30,6 +30,8 @@ class Metrics:
         target_passes: target forward calls after prefill (verify passes).
         stage_s: seconds spent per stage in STAGES.
         wall_s: seconds of the whole call.
+        reused_prompt_tokens: leading prompt tokens the prefill did not run again (their K/V kept
+            from the previous prompt, `runtime.prompt_head`).
     """
 
     accept_counts: list[int] = field(default_factory=lambda: [0])
@@ -37,6 +39,7 @@ class Metrics:
     target_passes: int = 0
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall_s: float = 0.0
+    reused_prompt_tokens: int = 0
 
     @classmethod
     def for_depth(cls, depth: int) -> Metrics:
@@ -94,4 +97,5 @@ class Metrics:
             "draft_s": self.stage_s["draft"],
             "verify_s": self.stage_s["verify"],
             "host_s": self.host_s,
+            "reused_prompt_tokens": self.reused_prompt_tokens,
         }

@@ -6,6 +6,9 @@ Implements `runtime.runner.TargetRunner`. Data flow of prefill::
     pixel_values [I, 3, s, s] --vision graph--> image embeds [I, N_img, H] --spliced at image tokens-->
     embeds, positions 0..T-1, causal mask --decoder graph--> logits, features, K/V -> cache slots 0..T-1
 
+except that the first P tokens, the chat template's head shared with the previous prompt
+(`runtime.prompt_head`), keep their slots and cached features: the decoder runs on P..T-1 only.
+
 The decoder returns logits for its last min(T, node_budget) tokens only (`export/contract.py`; older
 exports return all T): a verify gets every node's row, a prefill reads its last row.
 

@@ -42,11 +42,12 @@ def test_greedy_ar_equals_torch(exported_tiny, ort_parts, image, with_image) -> 
     adapter = exported_tiny[1]
     _, prompts, runner = ort_parts
     picture = image if with_image else None
-    for question in QUESTIONS:
+    for i, question in enumerate(QUESTIONS):
         ref = generate(adapter, build_prompt(adapter, picture, question, 64), GenerationConfig(24, max_context=64))
         got = autoregressive_generate(runner, prompts.build(picture, question), max_new_tokens=24,
                                       eos_ids=adapter.spec.eos_token_ids)
         np.testing.assert_array_equal(got.tokens, ref.tokens)
+        assert i == 0 or got.metrics.reused_prompt_tokens > 0  # later prompts keep the template head
 
 
 def test_prefill_and_verify_match_torch(exported_tiny, ort_parts, image) -> None:
