@@ -34,7 +34,7 @@ from runtime.tree import TreeSpec
 logger = logging.getLogger(__name__)
 
 # Bump when the cached folder depends on something the key does not cover yet.
-CACHE_FORMAT_VERSION = 3  # 2: draft_step outputs only the last head_rows tokens; 3: draft_step traced with static head sizes
+CACHE_FORMAT_VERSION = 4  # 2: draft_step outputs only the last head_rows tokens; 3: draft_step traced with static head sizes; 4: draft_chain graph
 CACHE_PREFIX = "demo-artifacts-"
 UNTRAINED = "untrained"  # export's name for a freshly initialised (seeded) draft
 DEFAULT_QUESTION = "Describe this picture in one sentence."

@@ -41,6 +41,8 @@ Graphs and their tensors, in order (L target layers, B draft blocks, Hkv/D per m
                        present_value.{b} float32 [1, new, Hkv, D]
     draft_memory  in   features          float32 [1, memory, F]            target features
                   out  memory_out_key / memory_out_value, or memory_out   as in draft_step
+    draft_chain   draft_step's tensors, with head_rows = min(new, 1): the same weights for the runtime's
+                  chains (prefill, advance), which read only their last row (optional)
 
 KV layout: slot-major `[1, slots, Hkv, D]`. The runtime keeps one buffer per layer `[S, Hkv, D]`
 (S = max_context + node_budget) and hands the graph its first P slots by pointer, a contiguous
@@ -60,7 +62,8 @@ VISION = "vision"
 DECODER = "decoder"
 DRAFT_STEP = "draft_step"
 DRAFT_MEMORY = "draft_memory"
-GRAPHS = (VISION, DECODER, DRAFT_STEP, DRAFT_MEMORY)
+DRAFT_CHAIN = "draft_chain"  # draft_step's I/O with head_rows = 1: the runtime's chains (prefill, advance)
+GRAPHS = (VISION, DECODER, DRAFT_STEP, DRAFT_MEMORY, DRAFT_CHAIN)
 
 
 @dataclass(frozen=True)

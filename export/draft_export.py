@@ -4,6 +4,7 @@ Writes into the artifact folder (keys as in the manifest's `files`):
 
     draft_step.onnx     DraftStep (export/draft_graphs.py), top-k fixed to the tree's top_k, outputs for
                         the last `head_rows` = scratch slots tokens
+    draft_chain.onnx    the same DraftStep with outputs for the last token only (the runtime's chains)
     draft_memory.onnx   DraftMemory, for drafts that read target features
     draft_null_key.npy, draft_null_value.npy   [Hkv, D] the cross-attention null entry
     draft_null_feature.npy                     [H_d] the "concat" null feature
@@ -69,23 +70,11 @@ def export_draft(model, out: Path, arts, config) -> None:
     if tree.top_k > spec.draft_vocab:
         raise ExportError("The tree's top_k exceeds the draft vocabulary.", note=f"{tree.top_k} > {spec.draft_vocab}")
     head_rows = max(tree.scratch_slots, 1)  # bounds a tree level's width (its nodes take distinct slots)
-    step = DraftStep(model, tree.top_k, head_rows).eval()
-    inputs, outputs = contract.draft_step_io(spec.num_layers, spec.target_hidden_size, spec.hidden_size,
-                                             spec.num_kv_heads, spec.head_dim, spec.interaction, tree.top_k)
-    example = _step_feeds(spec, tree.top_k, past=4, count=2, memory=5, seed=0)
-    path = onnx_from_torch(step, tuple(torch.from_numpy(example[s.name]) for s in inputs),
-                           out / "draft_step.onnx", inputs, outputs)
-    arts.files["draft_step"] = "draft_step.onnx"
-    arts.io_contract[contract.DRAFT_STEP] = contract.graph_contract(inputs, outputs)
-    if config.parity:  # on the float32 graph: quantization below is a deliberate, recorded change
-        long_chain = _step_feeds(spec, tree.top_k, 2, head_rows + 3, 6, 3)  # more tokens than head rows
-        feeds = [_step_feeds(spec, tree.top_k, 0, 5, 3, 1), _step_feeds(spec, tree.top_k, 9, 3, 12, 2), long_chain]
-        arts.parity[contract.DRAFT_STEP] = check_parity(path, _reference(step, inputs, outputs), feeds)
     weights = getattr(config, "draft_weights", "float32")
     if weights not in WEIGHT_FORMATS:
         raise ExportError(f"Unknown draft weight format {weights!r}.", hint=f"use one of {sorted(WEIGHT_FORMATS)}")
-    if WEIGHT_FORMATS[weights] is not None:
-        quantize_matmuls(path, WEIGHT_FORMATS[weights], block_size=32, accuracy_level=4)
+    for graph, rows in ((contract.DRAFT_STEP, head_rows), (contract.DRAFT_CHAIN, 1)):
+        _export_step(model, out, arts, config, graph, rows)
     if model.feat_in is not None:
         _export_memory(model, out, arts, config.parity)
     _save_tables(model, out, arts)
@@ -97,6 +86,26 @@ def export_draft(model, out: Path, arts, config) -> None:
         "top_k": tree.top_k,
         "weights": weights,
     }
+
+
+def _export_step(model, out: Path, arts, config, graph: str, head_rows: int) -> None:
+    """One DraftStep graph with outputs for the last `head_rows` tokens: parity, then quantization."""
+    spec, tree = model.spec, config.tree
+    step = DraftStep(model, tree.top_k, head_rows).eval()
+    inputs, outputs = contract.draft_step_io(spec.num_layers, spec.target_hidden_size, spec.hidden_size,
+                                             spec.num_kv_heads, spec.head_dim, spec.interaction, tree.top_k)
+    example = _step_feeds(spec, tree.top_k, past=4, count=2, memory=5, seed=0)
+    path = onnx_from_torch(step, tuple(torch.from_numpy(example[s.name]) for s in inputs),
+                           out / f"{graph}.onnx", inputs, outputs)
+    arts.files[graph] = f"{graph}.onnx"
+    arts.io_contract[graph] = contract.graph_contract(inputs, outputs)
+    if config.parity:  # on the float32 graph: quantization below is a deliberate, recorded change
+        long_chain = _step_feeds(spec, tree.top_k, 2, head_rows + 3, 6, 3)  # more tokens than head rows
+        feeds = [_step_feeds(spec, tree.top_k, 0, 5, 3, 1), _step_feeds(spec, tree.top_k, 9, 3, 12, 2), long_chain]
+        arts.parity[graph] = check_parity(path, _reference(step, inputs, outputs), feeds)
+    bits = WEIGHT_FORMATS[getattr(config, "draft_weights", "float32")]
+    if bits is not None:
+        quantize_matmuls(path, bits, block_size=32, accuracy_level=4)
 
 
 def _export_memory(model, out: Path, arts, parity: bool) -> None:

@@ -51,10 +51,14 @@ class OrtDraftRunner:
     """
 
     padded_steps = False  # onnxruntime takes any width: a tree level runs on its real nodes only
+    chain_step = None  # a draft_chain graph for chains (they read their last row only); None: `step`
 
     def __init__(self, manifest: Manifest, embeddings: np.ndarray, provider: str = "cpu", threads: int | None = None):
         self._configure(manifest, embeddings)
         self.step = OrtGraph(manifest.path("draft_step"), "draft_step", manifest.contract("draft_step"), provider, threads)
+        if manifest.has("draft_chain"):  # the same step with outputs for the last token only (optional in a manifest)
+            self.chain_step = OrtGraph(manifest.path("draft_chain"), "draft_chain", manifest.contract("draft_chain"),
+                                       provider, threads)
         self.memory_graph = None
         if manifest.has("draft_memory"):
             self.memory_graph = OrtGraph(manifest.path("draft_memory"), "draft_memory",
@@ -199,14 +203,14 @@ class OrtDraftRunner:
         previous = None
         if self._mem_vec is not None:
             previous = self._mem_vec[np.where(positions > 0, positions + self._mem_features - 1, 0)][None]
-        out = self._run(embeds, previous, positions, visible, mem_visible, width, width, top_k)
+        out = self._run(embeds, previous, positions, visible, mem_visible, width, width, top_k, self.chain_step)
         self._n_self += n
         return out
 
-    def _run(self, embeds, previous, positions, visible, mem_visible, past, write_slot, top_k) -> dict:
-        """One draft_step call. New K/V go to committed slots from `write_slot`, or (None) to the
-        tree buffers. Returns {"logprobs", "ids", "memory": tuple of arrays}."""
-        graph, cache = self.step, self.cache
+    def _run(self, embeds, previous, positions, visible, mem_visible, past, write_slot, top_k, graph=None) -> dict:
+        """One draft_step call (or `graph`, the chain variant). New K/V go to committed slots from
+        `write_slot`, or (None) to the tree buffers. Returns {"logprobs", "ids", "memory": tuple of arrays}."""
+        graph, cache = graph or self.step, self.cache
         n = positions.size
         graph.clear()
         graph.bind_array(graph.name("inputs", "inputs_embeds"), embeds[None].astype(np.float32))

@@ -420,9 +420,12 @@ class TrtDraftRunner(OrtDraftRunner):
     def _name(self, side: str, role: str) -> str | None:
         return contract_name(self._contract, side, role)
 
-    def _run(self, embeds, previous, positions, visible, mem_visible, past, write_slot, top_k) -> dict:
+    def _run(self, embeds, previous, positions, visible, mem_visible, past, write_slot, top_k, graph=None) -> dict:
         """One draft_step call on the device; new K/V go to committed slots from `write_slot`, or
-        (None) to the tree buffers. Returns {"logprobs", "ids", "memory": ("device", n)}."""
+        (None) to the tree buffers. Returns {"logprobs", "ids", "memory": ("device", n)}.
+
+        `graph` is ignored: the engines are built from draft_step only, so chains run on it too.
+        """
         cache, stream, n = self.cache, self.stream, positions.size
         shapes, addresses, sizes = {}, {}, {"new": n, "past": past}
         feeds = {"inputs_embeds": (embeds.astype(np.float32), (1, n, embeds.shape[1])),

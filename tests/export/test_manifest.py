@@ -29,7 +29,9 @@ def _edit(folder, change) -> None:
 def test_exported_manifest_loads(exported_tiny) -> None:
     manifest = Manifest.load(exported_tiny[0])
     assert manifest["format_version"] == 1
-    assert {"decoder", "vision", "embeddings", "tokenizer", "draft_step", "draft_memory"} <= set(manifest["files"])
+    assert {"decoder", "vision", "embeddings", "tokenizer", "draft_step", "draft_memory", "draft_chain"} <= set(
+        manifest["files"])
+    assert manifest["parity"]["draft_chain"]["passed"]
     assert manifest["parity"]["decoder"]["passed"]
     report = manifest["parity"]["decoder"]["comparisons"][0][0]
     assert {"max_abs_diff", "mismatches", "elements"} <= set(report)

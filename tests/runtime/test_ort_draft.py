@@ -106,3 +106,29 @@ def test_draft_prefill_keeps_the_head_the_target_kept(exported_tiny, tiny_tree, 
     np.testing.assert_allclose(warm_root.logprobs, cold_root.logprobs, atol=1e-5)
     np.testing.assert_array_equal(warm_level.token_ids, cold_level.token_ids)
     np.testing.assert_allclose(warm_level.logprobs, cold_level.logprobs, atol=1e-5)
+
+
+def test_chains_run_on_the_last_row_graph_with_the_same_results(exported_tiny, image) -> None:
+    """Prefill and advance run on draft_chain (outputs for the last token only) and propose exactly
+    what draft_step proposes for the same chains."""
+    folder, _ = exported_tiny
+    manifest = Manifest.load(folder)
+    assert manifest.has("draft_chain") and manifest["parity"]["draft_chain"]["passed"]
+    prompt = PromptBuilder(folder, manifest["processor"]).build(image, "What is it?")
+    target = OrtTargetRunner(manifest, threads=1)
+    result = target.prefill(prompt)
+    root = int(result.logits.argmax())
+    proposals = []
+    for chain in (True, False):
+        draft = OrtDraftRunner(manifest, target.embeddings, threads=1)
+        assert draft.chain_step is not None
+        if not chain:
+            draft.chain_step = None  # every call on draft_step
+        first = draft.prefill(result, prompt.input_ids, root, 3)
+        tokens = np.array([int(first.token_ids[0, 0]), 5])
+        feats = np.random.default_rng(0).standard_normal((2, result.features.shape[1])).astype(np.float32)
+        proposals.append((first, draft.advance(tokens, feats, 3)))
+    for with_chain, plain in zip(*proposals, strict=True):
+        assert with_chain.token_ids.shape == plain.token_ids.shape == (1, 3)
+        np.testing.assert_array_equal(with_chain.token_ids, plain.token_ids)
+        np.testing.assert_allclose(with_chain.logprobs, plain.logprobs, atol=1e-5)
