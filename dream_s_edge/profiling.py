@@ -126,7 +126,9 @@ class TuneConfig:
 def accept_from_report(path: Path) -> tuple[list[int], TreeSpec]:
     """(accept histogram, the tree it was measured with) from a `dream-s-edge bench` JSON report."""
     report = json.loads(Path(path).read_text())
-    if "tau" in report and "config" in report:
+    if "tau" in report and isinstance(report.get("tree"), dict):  # the tree the bench decoded with
+        return report["tau"]["histogram"], TreeSpec.from_dict(report["tree"])
+    if "tau" in report and "config" in report:  # older reports: the tree flags only
         c = report["config"]
         return report["tau"]["histogram"], TreeSpec.dynamic(c["top_k"], c["depth"], c["node_budget"])
     from search.latency import find_accept_counts

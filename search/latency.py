@@ -236,6 +236,28 @@ def fit_alpha(accept_counts: list[int], tree: TreeSpec) -> float:
     return (lo + hi) / 2
 
 
+MAX_MIN_PROB = 0.5  # never prune candidates the draft finds more likely than not
+
+
+def break_even_prob(model: LatencyModel, tree: TreeSpec, past: int, tau: float, step_ms: float) -> float:
+    """The cumulative draft probability below which one more tree node costs more than it brings.
+
+    A node whose path the target accepts with probability q adds q expected tokens to a pass and one
+    verified node, which costs delta = verify(N) - verify(N - 1) ms; the pass as a whole yields tau
+    tokens in `step_ms`. The node pays when q / delta >= tau / step_ms, that is
+
+        q >= delta * tau / step_ms
+
+    A calibrated draft's cumulative probability estimates q (the shipped draft's conditional
+    acceptance follows its probability within about 0.1, `docs/measurements/default-draft/`), so
+    the result is the tree's `min_prob`. Capped at MAX_MIN_PROB; 0 where a node costs nothing.
+    """
+    if step_ms <= 0:
+        return 0.0
+    delta = model.verify_ms(tree.node_budget, past) - model.verify_ms(tree.node_budget - 1, past)
+    return float(min(max(delta, 0.0) * tau / step_ms, MAX_MIN_PROB))
+
+
 @dataclass(frozen=True)
 class TuneResult:
     """What `tune` chose: a tree (None: autoregressive) and the numbers behind it."""
@@ -251,10 +273,12 @@ class TuneResult:
 
 def tune(model: LatencyModel, spec, top_k: int, max_nodes: int, max_depth: int, max_scratch: int,
          past: int = 256, alpha: float = DEFAULT_ALPHA, min_gain: float = 1.05) -> TuneResult:
-    """Picks the dynamic tree (node budget, depth) with the best expected speedup over autoregressive.
+    """Picks the dynamic tree (node budget, depth) with the best expected speedup over autoregressive,
+    and its `min_prob` (`break_even_prob`).
 
-    Expected speedup = τ(N, D) * verify(1, P) / step(N, D). Falls back to autoregressive decoding
-    (tree None) when the best is below `min_gain`.
+    Expected speedup = τ(N, D) * verify(1, P) / step(N, D), for the unpruned tree (pruning only
+    drops nodes that cost more than they bring). Falls back to autoregressive decoding (tree None)
+    when the best is below `min_gain`.
     """
     ar = model.verify_ms(1, past)
     candidates = []
@@ -272,8 +296,11 @@ def tune(model: LatencyModel, spec, top_k: int, max_nodes: int, max_depth: int, 
         msg = (f"speculation would not pay here: best expected speedup {speedup:.2f}x (N {tree.node_budget}, "
                f"depth {tree.depth}, tau {tau:.2f}) < {min_gain:.2f}x; decode autoregressively")
         return TuneResult(None, 1.0, 1.0, ar, ar, msg, candidates)
+    min_prob = round(break_even_prob(model, tree, past, tau, step), 3)
+    tree = TreeSpec.dynamic(top_k=tree.top_k, depth=tree.depth, node_budget=tree.node_budget, min_prob=min_prob)
     msg = (f"node budget {tree.node_budget}, depth {tree.depth}, top_k {top_k}: expected tau {tau:.2f}, "
-           f"step {step:.1f} ms vs autoregressive {ar:.1f} ms -> {speedup:.2f}x")
+           f"step {step:.1f} ms vs autoregressive {ar:.1f} ms -> {speedup:.2f}x; candidates below "
+           f"{min_prob:.3f} cumulative draft probability cost more verify time than they bring")
     return TuneResult(tree, speedup, tau, step, ar, msg, candidates)
 
 

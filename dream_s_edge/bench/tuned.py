@@ -197,11 +197,13 @@ def _report(config, backend, rows, trees, same, result, alpha: float, entry_key:
 
 def summary_lines(report: dict) -> list[str]:
     """The report as a few plain-text lines (setting, tree, tokens/s, speedup)."""
-    lines = [f"{'setting':15s} {'tree (k/depth/N)':18s} {'tokens/s':>9s} {'speedup':>8s} {'tau':>5s}"]
+    lines = [f"{'setting':15s} {'tree (k/depth/N, min_prob)':27s} {'tokens/s':>9s} {'speedup':>8s} {'tau':>5s}"]
     for name, s in report["settings"].items():
         t = s["tree"]
         tree = "autoregressive" if t is None else f"{t['kind']} {t['top_k']}/{t['depth']}/{t['node_budget']}"
-        lines.append(f"{name:15s} {tree:18s} {s['tokens_per_s']:9.2f} {s['speedup']:7.2f}x {s['tau']:5.2f}")
+        if t is not None and t.get("min_prob"):
+            tree += f", p {t['min_prob']:g}"
+        lines.append(f"{name:15s} {tree:27s} {s['tokens_per_s']:9.2f} {s['speedup']:7.2f}x {s['tau']:5.2f}")
     lines.append(f"tuned / default {report['tuned_vs_default']:.2f}x; greedy outputs identical: "
                  f"{report['greedy_identical']}")
     return lines

@@ -63,7 +63,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="choose the tree's node budget and depth from a latency table")
+    p = sub.add_parser("tune", help="choose the tree's node budget, depth and pruning from a latency table")
     p.add_argument("--table", required=True, help="latency table written by `dream-s-edge profile`")
     p.add_argument("--artifacts", required=True, help="the exported folder (its draft and limits)")
     p.add_argument("--accept", default=None, help="bench JSON with measured acceptance (default: a curve)")
@@ -98,7 +98,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     print(f"acceptance alpha {alpha:.3f}; {result.message}")
     if result.tree is not None:
         t = result.tree
-        print(f"use: --tree dynamic --top-k {t.top_k} --depth {t.depth} --node-budget {t.node_budget}")
+        print(f"use: --tree dynamic --top-k {t.top_k} --depth {t.depth} --node-budget {t.node_budget} "
+              f"--min-prob {t.min_prob:g}")
     return 0
 
 

@@ -107,10 +107,29 @@ def test_tune_picks_a_tree_or_falls_back() -> None:
     result = tune(cheap, BASE, top_k=4, max_nodes=16, max_depth=5, max_scratch=16, alpha=0.7)
     assert result.tree is not None and result.speedup > 1.05
     best = max(result.candidates, key=lambda c: c[0])
-    assert best[1] == result.tree
+    assert (best[1].top_k, best[1].depth, best[1].node_budget) == (
+        result.tree.top_k, result.tree.depth, result.tree.node_budget)
+    # one more node costs 0.2 ms of verify; the pass yields tau tokens in step ms
+    assert result.tree.min_prob == pytest.approx(0.2 * result.tau / result.step_ms, abs=1e-3)
+    assert f"{result.tree.min_prob:.3f}" in result.message
     costly = LatencyModel(synthetic_entry(verify_per_node=10.0, verify_base=5.0))
     result = tune(costly, BASE, top_k=4, max_nodes=16, max_depth=5, max_scratch=16, alpha=0.1)
     assert result.tree is None and "would not pay" in result.message
+
+
+def test_break_even_prob_follows_the_marginal_verify_cost() -> None:
+    from search.latency import MAX_MIN_PROB, break_even_prob
+
+    tree = TreeSpec.dynamic(top_k=4, depth=6, node_budget=16)
+    model = LatencyModel(synthetic_entry(verify_per_node=1.5, verify_base=30.0))
+    # a node costs 1.5 ms; a pass of 60 ms that yields 4 tokens makes a token every 15 ms
+    assert break_even_prob(model, tree, 256, tau=4.0, step_ms=60.0) == pytest.approx(0.1)
+    assert break_even_prob(model, tree, 256, tau=4.0, step_ms=120.0) == pytest.approx(0.05)
+    free = LatencyModel(synthetic_entry(verify_per_node=0.0))
+    assert break_even_prob(free, tree, 256, tau=4.0, step_ms=60.0) == 0.0
+    dear = LatencyModel(synthetic_entry(verify_per_node=50.0))
+    assert break_even_prob(dear, tree, 256, tau=4.0, step_ms=60.0) == MAX_MIN_PROB
+    assert break_even_prob(model, tree, 256, tau=4.0, step_ms=0.0) == 0.0
 
 
 def test_profile_entry_on_the_tiny_export(exported_tiny, tmp_path) -> None:
