@@ -24,6 +24,7 @@ more minus the base) are in the table too (`stages.blocks`), as a cross-check of
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -297,7 +298,7 @@ def tune(model: LatencyModel, spec, top_k: int, max_nodes: int, max_depth: int, 
                f"depth {tree.depth}, tau {tau:.2f}) < {min_gain:.2f}x; decode autoregressively")
         return TuneResult(None, 1.0, 1.0, ar, ar, msg, candidates)
     min_prob = round(break_even_prob(model, tree, past, tau, step), 3)
-    tree = TreeSpec.dynamic(top_k=tree.top_k, depth=tree.depth, node_budget=tree.node_budget, min_prob=min_prob)
+    tree = dataclasses.replace(tree, min_prob=min_prob)
     msg = (f"node budget {tree.node_budget}, depth {tree.depth}, top_k {top_k}: expected tau {tau:.2f}, "
            f"step {step:.1f} ms vs autoregressive {ar:.1f} ms -> {speedup:.2f}x; candidates below "
            f"{min_prob:.3f} cumulative draft probability cost more verify time than they bring")
