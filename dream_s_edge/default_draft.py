@@ -17,6 +17,9 @@ from pathlib import Path
 DEFAULT_DRAFT_DIR = Path(__file__).resolve().parent / "assets" / "default_draft"
 # The two files of a draft folder: the names `dream_s_edge.draft.checkpoint` writes (a test checks).
 DRAFT_FILES = ("config.json", "model.safetensors")
+# Optional third file: [V] answer-token counts of the training data, which rank the draft's tokens for
+# `export --draft-vocab` (`dream_s_edge.draft.vocab_prune` reads and writes it).
+TOKEN_COUNTS_FILE = "token_counts.npy"
 
 
 def default_draft_dir() -> Path | None:

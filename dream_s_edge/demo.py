@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dream_s_edge.default_draft import DRAFT_FILES, default_draft_dir
+from dream_s_edge.default_draft import DRAFT_FILES, TOKEN_COUNTS_FILE, default_draft_dir
 from runtime.decode import GenerationResult
 from runtime.errors import PromptError, UserInputError
 from runtime.tree import TreeSpec
@@ -51,11 +51,15 @@ class DemoExportSettings:
     # long; the target stays float32).
     tree: TreeSpec = field(default_factory=lambda: TreeSpec.dynamic(top_k=4, depth=8, node_budget=16, min_prob=0.05))
     draft_weights: str = "int4"  # draft_step MatMul weights: float32, int8 or int4
+    # The draft's 4,096 most frequent tokens of its 16,384: the training answers use about 1,200, and
+    # the smaller head makes a draft pass about a fifth shorter (docs/measurements/default-draft/).
+    draft_vocab: int | None = 4096
     parity: bool = True  # check every graph against PyTorch while exporting (does not change the files)
 
     def key_dict(self) -> dict:
         """The fields that change the exported files, JSON-ready."""
-        return {"max_context": self.max_context, "draft_weights": self.draft_weights, "tree": self.tree.to_dict()}
+        return {"max_context": self.max_context, "draft_weights": self.draft_weights, "tree": self.tree.to_dict(),
+                "draft_vocab": self.draft_vocab}
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,11 @@ def export_key(target_dir: str | Path, draft_dir: str | Path | None, settings: D
     head = {"format": CACHE_FORMAT_VERSION, "target": Path(target_dir).name, "version": version,
             "settings": settings.key_dict(), "draft": UNTRAINED if draft_dir is None else "folder"}
     digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
-    for name in DRAFT_FILES if draft_dir is not None else ():
+    names = DRAFT_FILES + ((TOKEN_COUNTS_FILE,) if settings.draft_vocab is not None else ())
+    for name in names if draft_dir is not None else ():
+        path = Path(draft_dir) / name
         digest.update(name.encode())
-        digest.update((Path(draft_dir) / name).read_bytes())
+        digest.update(path.read_bytes() if path.is_file() else b"")  # missing counts: the export says so
     return digest.hexdigest()[:12]
 
 
@@ -182,7 +188,8 @@ def cached_export(target_dir: Path, draft_dir: Path | None, settings: DemoExport
     try:
         export_artifacts(ExportConfig(out=tmp, model=str(target_dir), draft=draft, max_context=settings.max_context,
                                       tree=settings.tree, parity=settings.parity,
-                                      draft_weights=settings.draft_weights))
+                                      draft_weights=settings.draft_weights,
+                                      draft_vocab=settings.draft_vocab if draft_dir is not None else None))
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same export first: keep its folder

@@ -46,6 +46,7 @@ class ExportConfig:
     feature_layers: tuple[int, ...] = (-1,)  # used without a draft; a draft brings its own
     parity: bool = True  # check every graph against PyTorch (Polygraphy)
     draft_weights: str = "float32"  # draft_step MatMul weights: float32, int8 or int4 (export/quantize.py)
+    draft_vocab: int | None = None  # keep the draft's N most frequent tokens (dream_s_edge/draft/vocab_prune.py)
 
 
 @dataclass
@@ -81,6 +82,8 @@ def export_artifacts(config: ExportConfig, adapter=None) -> Path:
         from dream_s_edge.runners.draft_factory import load_draft_model
 
         draft_model = load_draft_model(adapter, config.draft).float().eval()
+        if config.draft_vocab is not None:
+            draft_model = pruned_draft(draft_model, config.draft, config.draft_vocab)
         feature_layers = draft_model.spec.feature_layers
     export_target(adapter, out, arts, feature_layers, config)
     if draft_model is not None:
@@ -96,6 +99,16 @@ def export_artifacts(config: ExportConfig, adapter=None) -> Path:
     }
     write_manifest(out, body, arts.files)
     return out
+
+
+def pruned_draft(model, folder: str, size: int):
+    """`model` with its draft vocabulary cut to the `size` tokens its training data counts most."""
+    from dream_s_edge.draft.vocab_prune import load_token_counts, prune_vocabulary
+
+    if str(folder) == "untrained":
+        raise ExportError("--draft-vocab needs a trained draft, whose folder holds its token counts.",
+                          hint="pass --draft DIR, or drop --draft-vocab")
+    return prune_vocabulary(model, load_token_counts(folder, model.spec.target_vocab_size), size).eval()
 
 
 def load_model_eager(name: str, load_model):

@@ -108,6 +108,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draft-weights", choices=["float32", "int8", "int4"], default="float32",
                    help="the draft step's MatMul weights (int8/int4: block-quantized, several times fewer bytes "
                         "read per draft call; the target stays float32, so outputs stay the target's own)")
+    p.add_argument("--draft-vocab", type=int, default=None, metavar="N",
+                   help="keep the draft's N most frequent tokens (by its training data's counts): a smaller "
+                        "head on every draft call; the target still decides every token")
     p.add_argument("--no-parity", action="store_true", help="skip the Polygraphy parity checks")
     p.set_defaults(func=_run_export)
 
@@ -134,6 +137,7 @@ def _run_export(args: argparse.Namespace) -> int:
         tree=tree,
         parity=not args.no_parity,
         draft_weights=args.draft_weights,
+        draft_vocab=args.draft_vocab,
     )
     print(export_artifacts(config))
     return 0

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_bench(sub)
     _add_bench_prompts(sub)
     _add_draft_convert(sub)
+    _add_draft_counts(sub)
 
 
 def _add_distill_data(sub: argparse._SubParsersAction) -> None:
@@ -225,6 +226,45 @@ def _run_draft_convert(args: argparse.Namespace) -> int:
 
     folder = convert_draft(args.draft, args.out, args.dtype)
     print(f"{folder}: {args.dtype} weights, {(folder / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+def _add_draft_counts(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("draft-counts", help="count the target's answer tokens over the training prompts into a "
+                                            "draft folder (token_counts.npy, which export --draft-vocab ranks by)")
+    p.add_argument("--draft", required=True, help="draft folder to write token_counts.npy into")
+    p.add_argument("--artifacts", required=True, help="a `dream-s-edge export` folder of the draft's target")
+    p.add_argument("--num-scene", type=int, default=330, help="scene prompts (the shipped draft's training mix)")
+    p.add_argument("--num-photo", type=int, default=88, help="photograph prompts")
+    p.add_argument("--num-text", type=int, default=174, help="text-only instruction prompts")
+    p.add_argument("--seed", type=int, default=0, help="the training prompts' seed")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_run_draft_counts)
+
+
+def _run_draft_counts(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from dream_s_edge.distill.prompts import training_prompts
+    from dream_s_edge.distill.recount import count_answer_tokens
+    from dream_s_edge.draft.vocab_prune import save_token_counts
+    from runtime.errors import UserInputError
+    from runtime.manifest import Manifest
+
+    config = Path(args.draft) / "config.json"
+    if not config.is_file():
+        raise UserInputError(f"No draft at {args.draft} (config.json is missing).", hint="pass a folder written by train")
+    vocab = json.loads(config.read_text())["draft_spec"]["target_vocab_size"]
+    target_vocab = Manifest.load(args.artifacts)["target"]["vocab_size"]
+    if vocab != target_vocab:
+        raise UserInputError("The artifacts hold another target than the draft was trained for.",
+                             note=f"draft target vocabulary {vocab}, artifacts' {target_vocab}",
+                             hint="export the draft's own target and pass that folder")
+    specs = training_prompts(args.num_scene, args.num_photo, args.num_text, args.seed)
+    counts = count_answer_tokens(args.artifacts, specs, args.max_new_tokens)
+    path = save_token_counts(args.draft, counts)
+    print(f"{path}: {int(counts.sum())} answer tokens, {int((counts > 0).sum())} distinct, {len(specs)} prompts")
     return 0
 
 

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDataset) -> DreamDraft:
+def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDataset,
+                token_counts: torch.Tensor | None = None) -> DreamDraft:
     """A fresh draft of the configured preset, identical on every process (seeded); with a reduced
-    vocabulary, it keeps the data's most frequent answer tokens."""
+    vocabulary, it keeps the data's most frequent answer tokens (`token_counts` [V], counted from
+    `data` when None)."""
     overrides = {"visual_keep_ratio": config.visual_keep_ratio, "draft_vocab_size": config.draft_vocab_size,
                  "interaction": config.interaction}
     spec = DraftSpec.from_name(
@@ -35,7 +37,9 @@ def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDatase
     )
     d2t = None
     if spec.draft_vocab_size is not None:
-        d2t = build_vocab_map(answer_token_counts(data, spec.target_vocab_size), spec.draft_vocab_size)
+        if token_counts is None:
+            token_counts = answer_token_counts(data, spec.target_vocab_size)
+        d2t = build_vocab_map(token_counts, spec.draft_vocab_size)
     torch.manual_seed(config.seed)
     draft = DreamDraft(spec, adapter.text_embedding().weight.float(), adapter.lm_head_weight().float(), d2t)
     return draft.to(adapter.device)

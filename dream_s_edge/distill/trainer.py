@@ -39,6 +39,7 @@ from dream_s_edge.distill.dataset import (
     INTERMED_SOURCES,
     DistillDataset,
     TrainingExample,
+    answer_token_counts,
     rank_indices,
     training_example,
 )
@@ -49,7 +50,9 @@ from dream_s_edge.distill.unroll import unrolled_forward
 from dream_s_edge.distill.validate import measure_tau
 from dream_s_edge.draft.checkpoint import CONFIG_FILE, save_draft
 from dream_s_edge.draft.model import DraftOutput, DreamDraft
+from dream_s_edge.draft.vocab_prune import save_token_counts
 from dream_s_edge.generation import TreeOptions
+from dream_s_edge.runners.draft_factory import target_dims
 from dream_s_edge.targets import TargetAdapter, load_target
 from runtime.errors import TrainingError
 
@@ -250,7 +253,8 @@ class DraftStrategy(TrainStrategy):
 
     def __init__(self, config: TrainConfig, adapter: TargetAdapter, data: DistillDataset):
         self.config = config
-        self.draft = build_draft(adapter, config, data)
+        self.token_counts = answer_token_counts(data, target_dims(adapter).vocab_size)  # [V], saved with the draft
+        self.draft = build_draft(adapter, config, data, self.token_counts)
         if config.init_from is not None:
             warm_start(self.draft, config.init_from)
         self.model = self.draft
@@ -264,6 +268,7 @@ class DraftStrategy(TrainStrategy):
 
     def write(self, folder: Path, record: dict) -> Path:
         save_draft(folder, self.draft, self.draft.spec, target_name=self.config.model)
+        save_token_counts(folder, self.token_counts)
         path = folder / CONFIG_FILE
         saved = json.loads(path.read_text())
         saved["distillation"] = record

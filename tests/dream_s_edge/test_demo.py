@@ -17,7 +17,7 @@ import pytest
 
 from dream_s_edge import demo
 from dream_s_edge.cli import EXIT_USER_ERROR, main
-from dream_s_edge.default_draft import DRAFT_FILES
+from dream_s_edge.default_draft import DRAFT_FILES, TOKEN_COUNTS_FILE
 from dream_s_edge.demo import DemoArtifacts, DemoConfig, DemoExportSettings, answer_and_compare, export_key
 from runtime.errors import ImageError, PromptError, UserInputError
 from runtime.tree import TreeSpec
@@ -33,10 +33,11 @@ def picture(tmp_path_factory, image):
     return path
 
 
-def _draft(folder, weights: bytes):
+def _draft(folder, weights: bytes, counts: bytes = b"counts"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / DRAFT_FILES[0]).write_text("{}")
     (folder / DRAFT_FILES[1]).write_bytes(weights)
+    (folder / TOKEN_COUNTS_FILE).write_bytes(counts)
     return folder
 
 
@@ -54,9 +55,14 @@ def test_export_key_covers_target_draft_version_and_settings(tmp_path) -> None:
         export_key("default-target-abc", draft, DemoExportSettings(tree=TreeSpec.dynamic(4, 6, 32)), version="1.0"),
         export_key("default-target-abc", draft, DemoExportSettings(draft_weights="int8"), version="1.0"),
         export_key("default-target-abc", None, settings, version="1.0"),
+        export_key("default-target-abc", draft, DemoExportSettings(draft_vocab=2048), version="1.0"),
+        export_key("default-target-abc", _draft(tmp_path / "d", b"weights", b"other"), settings, version="1.0"),
     }
-    assert key not in others and len(others) == 7
+    assert key not in others and len(others) == 9
     assert key == export_key("default-target-abc", draft, DemoExportSettings(parity=False), version="1.0")
+    unpruned = DemoExportSettings(draft_vocab=None)  # then the counts do not matter
+    assert export_key("default-target-abc", draft, unpruned, version="1.0") == export_key(
+        "default-target-abc", _draft(tmp_path / "e", b"weights", b"other"), unpruned, version="1.0")
 
 
 def test_export_once_then_reuse_and_warn_without_a_shipped_draft(model_dirs, tmp_path, monkeypatch, caplog) -> None:
