@@ -74,7 +74,7 @@ def prune_vocabulary(model: DreamDraft, counts, size: int) -> DreamDraft:
         raise SpecMismatchError("The token counts do not fit the draft's target vocabulary.",
                                 note=f"{counts.numel()} counts, target vocabulary {spec.target_vocab_size}")
     if not 1 <= size <= current.numel():
-        raise SpecMismatchError("A draft vocabulary can only shrink.",
+        raise SpecMismatchError("A draft vocabulary can only shrink, to at least one token.",
                                 note=f"asked {size}, the draft has {current.numel()} tokens",
                                 hint=f"pass --draft-vocab between the tree's top_k and {current.numel()}")
     current = current.cpu()

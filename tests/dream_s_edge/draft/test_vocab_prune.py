@@ -44,6 +44,8 @@ def test_pruning_refuses_growth_and_wrong_counts():
     model = make_draft("cross-deep-narrow")  # 30 tokens
     with pytest.raises(SpecMismatchError, match="only shrink"):
         prune_vocabulary(model, _counts(), 31)
+    with pytest.raises(SpecMismatchError, match="at least one"):
+        prune_vocabulary(model, _counts(), 0)
     with pytest.raises(SpecMismatchError, match="target vocabulary"):
         prune_vocabulary(model, _counts()[:-1], 10)
 
