@@ -118,7 +118,7 @@ def run_search_outcome(config: SearchConfig) -> SearchOutcome:
                   "tau": f"replay of {len(records)} held-out prompts (seed {config.seed}), "
                          f"{config.max_new_tokens} new tokens, greedy"}
     result, candidates = _search_table(entry, config.table, specs, trees, tau_of, config, provenance)
-    _write(config.out, net, result, candidates, pareto_front(candidates))
+    _write(config.out, net, result, candidates, pareto_front(candidates), config.supernet)
     compare = confirm = None
     if other is not None:
         compare = _compare(config, entry, result, other, specs, trees, tau_of, provenance)
@@ -275,7 +275,12 @@ def _tau_table(adapter, net, pairs: list, records, config: SearchConfig) -> dict
     return taus
 
 
-def _write(out: Path, net, result, candidates, front) -> None:
+def _write(out: Path, net, result, candidates, front, supernet_dir: Path) -> None:
+    """search.json, candidates.json, the Pareto plot and the chosen draft (with the supernet's token
+    counts, when it has them, so `export --search ... --draft-vocab N` can rank its tokens)."""
+    import shutil
+
+    from dream_s_edge.default_draft import TOKEN_COUNTS_FILE
     from dream_s_edge.draft.checkpoint import save_draft
     from search.search import plot_pareto, tree_to_dict
     from search.supernet import build_subnet
@@ -290,6 +295,9 @@ def _write(out: Path, net, result, candidates, front) -> None:
     plot_pareto(candidates, result, out / "pareto.png")
     draft = build_subnet(net, result.choice)
     save_draft(out / "draft", draft, draft.spec)
+    counts = Path(supernet_dir) / TOKEN_COUNTS_FILE
+    if counts.is_file():
+        shutil.copyfile(counts, out / "draft" / TOKEN_COUNTS_FILE)
 
 
 def load_net_and_space(config):

@@ -47,6 +47,7 @@ from dream_s_edge.distill.losses import LossWeights
 from dream_s_edge.distill.trainer import TrainConfig, TrainStrategy
 from dream_s_edge.draft.model import DreamDraft
 from dream_s_edge.draft.spec import DraftSpec
+from dream_s_edge.draft.vocab_prune import save_token_counts
 from dream_s_edge.runners.draft_factory import target_dims
 from dream_s_edge.targets import TargetAdapter
 from runtime.errors import TrainingError
@@ -198,9 +199,8 @@ class SupernetStrategy(TrainStrategy):
         if config.ttt_steps and "concat" in self.space.interactions:
             raise TrainingError("Training-time test is not implemented for the 'concat' branch.",
                                 hint="train with --ttt-steps 0, or without the concat interaction")
-        counts = None
-        if any(size is not None for size in self.space.draft_vocab_sizes):
-            counts = answer_token_counts(data, spec.target_vocab_size)
+        self.token_counts = answer_token_counts(data, spec.target_vocab_size)  # [V], saved with the supernet
+        counts = self.token_counts if any(size is not None for size in self.space.draft_vocab_sizes) else None
         torch.manual_seed(config.seed)
         self.net = Supernet(spec, adapter.text_embedding().weight.float(), adapter.lm_head_weight().float(),
                             self.space.interactions, counts).to(adapter.device)
@@ -250,6 +250,7 @@ class SupernetStrategy(TrainStrategy):
     def write(self, folder: Path, record: dict) -> Path:
         """`save_supernet`, plus the run's record and its training space under "training" in supernet.json."""
         save_supernet(self.net, folder)
+        save_token_counts(folder, self.token_counts)  # `search` copies it beside the chosen draft
         path = Path(folder) / SUPERNET_CONFIG
         saved = json.loads(path.read_text())
         saved["training"] = {**record, "space": dataclasses.asdict(self.space)}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from dream_s_edge.default_draft import TOKEN_COUNTS_FILE
 from dream_s_edge.draft.model import DreamDraft
 from dream_s_edge.draft.spec import DraftSpec
 from runtime.errors import ModelLoadError, SpecMismatchError, UserInputError
@@ -94,7 +96,8 @@ WEIGHT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
 def convert_draft(src_dir, dst_dir, dtype: str = "float16") -> Path:
     """Copies a draft folder with its floating-point weights stored in `dtype` (to ship it smaller).
 
-    Integer tensors (the d2t vocabulary map) are kept as they are. `load_draft` casts the weights back
+    Integer tensors (the d2t vocabulary map) are kept as they are, and so is the folder's
+    `token_counts.npy` when it has one. `load_draft` casts the weights back
     to the target's dtype, so a converted draft runs like the original up to the rounding of its weights.
 
     Args:
@@ -124,6 +127,8 @@ def convert_draft(src_dir, dst_dir, dtype: str = "float16") -> Path:
     save_file(state, str(dst / WEIGHTS_FILE), metadata={"format": FORMAT})
     config["weights_dtype"] = dtype
     (dst / CONFIG_FILE).write_text(json.dumps(home_relative(config), indent=2) + "\n")
+    if (src / TOKEN_COUNTS_FILE).is_file():  # the answer-token counts `export --draft-vocab` ranks by
+        shutil.copyfile(src / TOKEN_COUNTS_FILE, dst / TOKEN_COUNTS_FILE)
     logger.info("wrote %s draft (%.1f MB) to %s", dtype, (dst / WEIGHTS_FILE).stat().st_size / 1e6, dst)
     return dst
 

@@ -65,6 +65,9 @@ def test_reduced_vocabulary_keeps_the_most_frequent_answer_tokens(tiny_data_dir,
     assert counts[d2t].min() >= counts[dropped].max() and counts[d2t].sum() > 0  # the most frequent are kept
     table = torch.zeros(vocab, width)
     assert torch.equal(load_draft(folder, table, table).d2t, d2t)  # and the folder loads as a draft
+    from dream_s_edge.draft.vocab_prune import load_token_counts
+
+    assert (load_token_counts(folder, vocab) == counts.numpy()).all()  # the counts that rank --draft-vocab
 
 
 def test_ablation_overrides_reach_the_draft_and_its_targets(tiny_data_dir, tiny_target_dir, tmp_path):

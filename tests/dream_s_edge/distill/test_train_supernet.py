@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from dream_s_edge.default_draft import TOKEN_COUNTS_FILE
 from dream_s_edge.distill import TrainConfig, draft_from_checkpoint, train_draft
 from dream_s_edge.distill.train_state import CHECKPOINT_DIR, STATE_FILE, read_log
 from search.supernet import SUPERNET_WEIGHTS, load_supernet
@@ -96,6 +98,15 @@ def test_output_is_a_supernet_that_search_reads(whole, tiny_target_dir, tmp_path
     assert seen["feature_layer"] == {1, 2} and seen["head_ratio"] == {0.5, 1.0} and seen["ffn_ratio"] == {1.0}
     assert seen["visual_keep_ratio"] == {0.75, 1.0} and len(rows) == 2 * 2 * 2 * 2
     assert result.spec.num_layers in (1, 2) and (tmp_path / "out" / "draft" / "config.json").is_file()
+    # the data's answer-token counts travel with the supernet to the chosen draft: export can prune its vocabulary
+    counts = np.load(folder / TOKEN_COUNTS_FILE)
+    assert counts.sum() > 0 and np.array_equal(np.load(tmp_path / "out" / "draft" / TOKEN_COUNTS_FILE), counts)
+    from dream_s_edge.cli import main
+
+    assert main(["export", "--out", str(tmp_path / "art"), "--model", str(tiny_target_dir), "--search",
+                 str(tmp_path / "out" / "search.json"), "--draft-vocab", "8", "--max-context", "256",
+                 "--no-parity"]) == 0
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["draft"]["spec"]["draft_vocab_size"] == 8
 
 
 @pytest.mark.parametrize("halt", [N1, N1 + 2])  # killed before the switch's checkpoint, and after it

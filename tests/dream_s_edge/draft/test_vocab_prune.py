@@ -67,3 +67,13 @@ def test_token_counts_round_trip_and_errors(tmp_path):
     (tmp_path / TOKEN_COUNTS_FILE).unlink()
     with pytest.raises(ModelLoadError, match=TOKEN_COUNTS_FILE):
         load_token_counts(tmp_path, V)
+
+
+def test_converting_a_draft_keeps_its_counts(tmp_path):
+    from dream_s_edge.draft.checkpoint import convert_draft
+
+    model = make_draft("cross", dtype=torch.float32)
+    save_draft(tmp_path / "fp32", model, model.spec)
+    save_token_counts(tmp_path / "fp32", _counts())
+    convert_draft(tmp_path / "fp32", tmp_path / "fp16", "float16")
+    assert np.array_equal(load_token_counts(tmp_path / "fp16", V), _counts())
