@@ -20,6 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_draft_counts(sub)
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """"15,30" -> (15, 30), for argparse."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
 def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "distill-data", help="self-distillation data: the target's answers and features, sharded"
@@ -67,6 +78,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--interaction", choices=["cross_attention", "concat", "none"], default=None,
                    help="override the preset's draft interaction (concat: EAGLE-style fc(concat(emb, f)))")
+    p.add_argument("--feature-layers", type=_int_list, default=None, metavar="A,B",
+                   help="override the target layers the draft reads (HF indices, the last = the post-norm "
+                        "output), e.g. 15,30; the data must hold them (distill-data --extra-layers)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--grad-accum", type=int, default=1, help="sequences per step and process")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -310,6 +324,7 @@ def _run_train(args: argparse.Namespace) -> int:
         visual_keep_ratio=args.visual_keep_ratio,
         draft_vocab_size=args.draft_vocab,
         interaction=args.interaction,
+        feature_layers=args.feature_layers,
         steps=args.steps,
         grad_accum=args.grad_accum,
         lr=args.lr,

@@ -31,7 +31,7 @@ def build_draft(adapter: TargetAdapter, config: TrainConfig, data: DistillDatase
     vocabulary, it keeps the data's most frequent answer tokens (`token_counts` [V], counted from
     `data` when None)."""
     overrides = {"visual_keep_ratio": config.visual_keep_ratio, "draft_vocab_size": config.draft_vocab_size,
-                 "interaction": config.interaction}
+                 "interaction": config.interaction, "feature_layers": config.feature_layers}
     spec = DraftSpec.from_name(
         config.preset, target_dims(adapter), **{k: v for k, v in overrides.items() if v is not None}
     )

@@ -78,6 +78,8 @@ class TrainConfig:
     # answer tokens of the data (EAGLE-3's d2t), which makes the draft's LM head N / V as costly
     interaction: str | None = None  # override the preset's interaction: "cross_attention", "concat" (EAGLE:
     # fc(concat(emb, f)) at the draft's input) or "none" (None: keep the preset's)
+    feature_layers: tuple[int, ...] | None = None  # override the preset's target feature layers (HF indices,
+    # L = the post-norm last layer), e.g. (15, 30): a low/mid and the last layer fused (EAGLE-3's idea)
     steps: int = 1000  # optimizer steps
     grad_accum: int = 1  # sequences per step and process
     lr: float = 5e-4  # peak; small drafts for small targets want more than the paper's 3e-5
@@ -125,6 +127,10 @@ class TrainConfig:
             out.pop("draft_vocab_size")
         if self.interaction is None:  # and before the interaction override
             out.pop("interaction")
+        if self.feature_layers is None:  # and before the feature-layer override
+            out.pop("feature_layers")
+        else:
+            out["feature_layers"] = list(self.feature_layers)
         if self.intermed_source == "entropy":  # and before the intermediate-target choice
             out.pop("intermed_source")
         if self.init_from is None:  # and before warm starts
@@ -139,6 +145,8 @@ class TrainConfig:
             from search.supernet_train import SupernetOptions
 
             values["supernet"] = SupernetOptions.from_dict(values["supernet"])
+        if values.get("feature_layers") is not None:
+            values["feature_layers"] = tuple(values["feature_layers"])
         return cls(**values)
 
     @property

@@ -84,3 +84,15 @@ def test_config_flags_override_presets_only_when_given():
     from dream_s_edge.cli_flags import given_flags
 
     assert given_flags(args, ["lr", "resume", "seed"]) == {"lr": 0.01, "resume": False}
+
+
+def test_train_feature_layers_flag_parses_a_comma_list(capsys):
+    from dream_s_edge.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--feature-layers", "15,30"])
+    assert args.feature_layers == (15, 30)
+    assert parser.parse_args(["train", "--data", "d", "--out", "o"]).feature_layers is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--feature-layers", "a,b"])
+    assert "comma-separated integers" in capsys.readouterr().err

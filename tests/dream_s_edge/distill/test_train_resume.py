@@ -92,6 +92,19 @@ def test_ablation_overrides_reach_the_draft_and_its_targets(tiny_data_dir, tiny_
         _config(tiny_data_dir, tiny_target_dir, tmp_path, intermed_source="middle")
 
 
+def test_feature_layer_override_reaches_the_draft(tiny_supernet_data_dir, tiny_data_dir, tiny_target_dir, tmp_path):
+    """--feature-layers 1,2: the draft reads the tiny target's layer 1 and its last layer, fused."""
+    config = _config(tiny_supernet_data_dir, tiny_target_dir, tmp_path / "fused", steps=1, ttt_steps=0,
+                     feature_layers=(1, 2))
+    folder = train_draft(config)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["draft_spec"]["feature_layers"] == [1, 2]
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # a resume matches
+    with pytest.raises(TrainingError, match="no hidden state of target layer 1"):
+        train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "missing", steps=1, ttt_steps=0,
+                            feature_layers=(1, 2)))
+
+
 def test_warm_start_begins_from_the_given_draft_and_refuses_another(tiny_data_dir, tiny_target_dir, tmp_path):
     """--init-from: step 0 of the new run holds the trained draft's weights (a zero learning rate keeps
     them), the run records where it started, and a draft of another architecture is refused."""
