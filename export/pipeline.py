@@ -104,8 +104,9 @@ def export_artifacts(config: ExportConfig, adapter=None) -> Path:
 def pruned_draft(model, folder: str, size: int):
     """`model` with its draft vocabulary cut to the `size` tokens its training data counts most."""
     from dream_s_edge.draft.vocab_prune import load_token_counts, prune_vocabulary
+    from dream_s_edge.runners.draft_factory import UNTRAINED
 
-    if str(folder) == "untrained":
+    if str(folder) == UNTRAINED:
         raise ExportError("--draft-vocab needs a trained draft, whose folder holds its token counts.",
                           hint="pass --draft DIR, or drop --draft-vocab")
     return prune_vocabulary(model, load_token_counts(folder, model.spec.target_vocab_size), size).eval()

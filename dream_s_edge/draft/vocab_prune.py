@@ -7,7 +7,7 @@ left out; what is won is a smaller head matmul, log-softmax and top-k on every d
 
 Place in the data flow: `load_draft` -> `prune_vocabulary(model, counts, size)` -> export (`dream-s-edge
 export --draft-vocab N`). The counts are the draft's training-data answer-token counts, which
-`save_draft` writes beside the weights (`TOKEN_COUNTS_FILE`).
+`train` writes beside the weights (`TOKEN_COUNTS_FILE`, via `save_token_counts`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dream_s_edge.default_draft import TOKEN_COUNTS_FILE
-from dream_s_edge.draft.model import DreamDraft
+from dream_s_edge.draft.model import DreamDraft, build_vocab_map
 from runtime.errors import ModelLoadError, SpecMismatchError
 
 logger = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ def prune_vocabulary(model: DreamDraft, counts, size: int) -> DreamDraft:
                                 note=f"asked {size}, the draft has {current.numel()} tokens",
                                 hint=f"pass --draft-vocab between the tree's top_k and {current.numel()}")
     current = current.cpu()
-    order = torch.sort(-counts[current], stable=True).indices[:size]
-    keep = torch.sort(current[order]).values
+    keep = current[build_vocab_map(counts[current], size)]  # ascending, as `current` is
     pruned = DreamDraft(dataclasses.replace(spec, draft_vocab_size=size), model.embed_weight,
                         model.lm_head_weight, keep.to(model.embed_weight.device))
     state = {**model.state_dict(), "d2t": pruned.d2t}

@@ -15,7 +15,7 @@ from runtime.session import Session
 
 
 @pytest.fixture(scope="module")
-def exported_tiny(tmp_path_factory, model_dirs):
+def exported_target(tmp_path_factory, model_dirs):
     """(folder, None): the tiny SmolVLM target exported alone, with room for a chat-template prompt."""
     from dream_s_edge.targets import load_target
     from export.pipeline import ExportConfig, export_artifacts
@@ -26,8 +26,8 @@ def exported_tiny(tmp_path_factory, model_dirs):
     return out, None
 
 
-def test_counts_are_the_greedy_answers_tokens(exported_tiny):
-    folder, _ = exported_tiny
+def test_counts_are_the_greedy_answers_tokens(exported_target):
+    folder, _ = exported_target
     specs = training_prompts(1, 0, 2, seed=0)
     counts = count_answer_tokens(folder, specs, max_new_tokens=6, progress=False)
     session = Session.from_dir(folder, speculative=False)
@@ -38,8 +38,8 @@ def test_counts_are_the_greedy_answers_tokens(exported_tiny):
     assert counts.sum() > 0 and np.array_equal(counts, expected)
 
 
-def test_cli_writes_counts_into_the_draft_folder(exported_tiny, tmp_path, capsys):
-    folder, _ = exported_tiny
+def test_cli_writes_counts_into_the_draft_folder(exported_target, tmp_path, capsys):
+    folder, _ = exported_target
     vocab = json.loads((folder / "manifest.json").read_text())["target"]["vocab_size"]
     (tmp_path / "config.json").write_text(json.dumps({"draft_spec": {"target_vocab_size": vocab}}))
     args = ["draft-counts", "--draft", str(tmp_path), "--artifacts", str(folder), "--num-scene", "1",
@@ -49,8 +49,8 @@ def test_cli_writes_counts_into_the_draft_folder(exported_tiny, tmp_path, capsys
     assert f"{int(counts.sum())} answer tokens" in capsys.readouterr().out
 
 
-def test_cli_refuses_a_draft_of_another_target(exported_tiny, tmp_path, capsys):
-    folder, _ = exported_tiny
+def test_cli_refuses_a_draft_of_another_target(exported_target, tmp_path, capsys):
+    folder, _ = exported_target
     (tmp_path / "config.json").write_text(json.dumps({"draft_spec": {"target_vocab_size": 7}}))
     assert main(["draft-counts", "--draft", str(tmp_path), "--artifacts", str(folder)]) == EXIT_USER_ERROR
     assert "another target" in capsys.readouterr().err
