@@ -43,7 +43,7 @@ from dream_s_edge.distill.dataset import (
     rank_indices,
     training_example,
 )
-from dream_s_edge.distill.draft_init import build_draft, warm_start
+from dream_s_edge.distill.draft_init import build_draft, start_token_counts, start_vocabulary, warm_start
 from dream_s_edge.distill.losses import LossWeights, distill_losses
 from dream_s_edge.distill.prompts import PromptSpec
 from dream_s_edge.distill.unroll import unrolled_forward
@@ -261,8 +261,9 @@ class DraftStrategy(TrainStrategy):
 
     def __init__(self, config: TrainConfig, adapter: TargetAdapter, data: DistillDataset):
         self.config = config
-        self.token_counts = answer_token_counts(data, target_dims(adapter).vocab_size)  # [V], saved with the draft
-        self.draft = build_draft(adapter, config, data, self.token_counts)
+        counts = answer_token_counts(data, target_dims(adapter).vocab_size)  # [V], saved with the draft
+        self.draft = build_draft(adapter, config, data, counts, start_vocabulary(config.init_from))
+        self.token_counts = start_token_counts(config.init_from, counts)
         if config.init_from is not None:
             warm_start(self.draft, config.init_from)
         self.model = self.draft

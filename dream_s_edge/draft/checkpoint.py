@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dream_s_edge.default_draft import TOKEN_COUNTS_FILE
@@ -88,6 +89,20 @@ def load_draft(path_dir, target_embed: torch.Tensor, target_lm_head: torch.Tenso
     model.to(device=target_embed.device, dtype=target_embed.dtype)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def saved_vocab_map(path_dir) -> torch.Tensor | None:
+    """The d2t vocabulary map [V_d] int64 of a draft saved by `save_draft` (None: full vocabulary),
+    read without building the draft.
+
+    Raises:
+        ModelLoadError: the folder has no weights file.
+    """
+    weights = Path(path_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"No {WEIGHTS_FILE} in the draft folder.", f"folder={path_dir}")
+    with safe_open(str(weights), framework="pt") as f:
+        return f.get_tensor("d2t").long() if "d2t" in set(f.keys()) else None
 
 
 WEIGHT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -123,5 +123,29 @@ def test_warm_start_begins_from_the_given_draft_and_refuses_another(tiny_data_di
                             preset="eagle", init_from=str(first)))
 
 
+def test_warm_start_keeps_its_own_vocabulary_on_other_data(tiny_data_dir, tiny_target_dir, tmp_path):
+    """--init-from a draft whose vocabulary map the run's data would not give (as after distilling with
+    another --seed): the run keeps that map and adds the draft's token counts to the data's."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from dream_s_edge.draft.vocab_prune import save_token_counts
+
+    first = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "first", steps=1, ttt_steps=0,
+                                draft_vocab_size=40))
+    state = load_file(str(first / "model.safetensors"))
+    own = torch.arange(1, 81, 2, dtype=state["d2t"].dtype)  # 40 tokens, not the data's most frequent
+    assert not torch.equal(own, state["d2t"])
+    save_file({**state, "d2t": own}, str(first / "model.safetensors"))
+    counts = np.load(first / "token_counts.npy")
+    save_token_counts(first, np.arange(counts.size))
+    warm = train_draft(_config(tiny_data_dir, tiny_target_dir, tmp_path / "warm", steps=1, ttt_steps=0, lr=0.0,
+                               draft_vocab_size=40, init_from=str(first)))
+    kept = load_file(str(warm / "model.safetensors"))
+    assert torch.equal(kept["d2t"], own) and all(torch_equal(kept[k], state[k]) for k in state if k != "d2t")
+    assert (np.load(warm / "token_counts.npy") == counts + np.arange(counts.size)).all()
+
+
 def torch_equal(x, y) -> bool:
     return bool((x == y).all())
