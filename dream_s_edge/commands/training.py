@@ -103,8 +103,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, metavar="DRAFT",
-                   help="warm start: a trained draft folder of the same architecture and data whose weights "
-                        "begin the run (fresh optimizer and learning-rate schedule)")
+                   help="warm start: a trained draft folder of the same architecture whose weights and "
+                        "vocabulary map begin the run (fresh optimizer and learning-rate schedule); "
+                        "the data may be another --seed's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     _add_supernet_flags(p)
