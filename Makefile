@@ -51,7 +51,13 @@ default-draft: setup
 		--samples-per-prompt 1 --generate-batch 16 --extra-layers 26,27,28,29 --max-mb 1500
 	$(CLI) train --data $(DRAFT_RUNS)/distill-v2 --out $(DRAFT_RUNS)/draft-v2 --preset dream-default \
 		--draft-vocab 16384 --ttt-steps 2 --steps 600 --grad-accum 8 --val-prompts 8
-	$(CLI) draft-convert --draft $(DRAFT_RUNS)/draft-v2/draft --out dream_s_edge/assets/default_draft
+	# Stage 2: a fresh seed-1 prompt mix, and 600 more steps warm-started from stage 1 on both data folders.
+	$(CLI) distill-data --out $(DRAFT_RUNS)/distill-s1 --num-scene 330 --num-photo 88 --num-text 174 \
+		--samples-per-prompt 1 --generate-batch 16 --extra-layers 26,27,28,29 --max-mb 1500 --seed 1
+	$(CLI) train --data $(DRAFT_RUNS)/distill-v2,$(DRAFT_RUNS)/distill-s1 --out $(DRAFT_RUNS)/draft-v3 \
+		--preset dream-default --draft-vocab 16384 --ttt-steps 2 --steps 600 --grad-accum 8 --val-prompts 8 \
+		--lr 2e-4 --warmup 20 --init-from $(DRAFT_RUNS)/draft-v2/draft
+	$(CLI) draft-convert --draft $(DRAFT_RUNS)/draft-v3/draft --out dream_s_edge/assets/default_draft
 
 # docs/ablations.md: five drafts on one short recipe (200 steps, no training-time test), each changing one thing
 # against the cross-attention control (all visual tokens kept), plus the shipped draft, benched side by side.

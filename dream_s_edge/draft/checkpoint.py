@@ -155,8 +155,12 @@ def home_relative(value):
         return {k: home_relative(v) for k, v in value.items()}
     if isinstance(value, list):
         return [home_relative(v) for v in value]
+    if not isinstance(value, str):
+        return value
     home = str(Path.home())
-    if isinstance(value, str) and home != "/" and (value == home or value.startswith(home + "/")):
+    if "," in value:  # several data folders, as `train --data A,B` takes them
+        return ",".join(home_relative(part) for part in value.split(","))
+    if home != "/" and (value == home or value.startswith(home + "/")):
         return "~" + value[len(home):]
     return value
 

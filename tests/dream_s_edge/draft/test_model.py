@@ -248,3 +248,4 @@ def test_home_relative_hides_the_home_directory_in_provenance(monkeypatch, tmp_p
     monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))
     record = {"data_dir": f"{tmp_path}/runs/data", "nested": [str(tmp_path), f"{tmp_path}x/other"], "steps": 600}
     assert home_relative(record) == {"data_dir": "~/runs/data", "nested": ["~", f"{tmp_path}x/other"], "steps": 600}
+    assert home_relative(f"{tmp_path}/a,{tmp_path}/b,/srv/c") == "~/a,~/b,/srv/c"  # train --data A,B,C
