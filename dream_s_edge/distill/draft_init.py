@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from dream_s_edge.default_draft import TOKEN_COUNTS_FILE
@@ -22,6 +21,7 @@ from dream_s_edge.distill.dataset import DistillDataset, answer_token_counts
 from dream_s_edge.draft.checkpoint import load_draft, saved_vocab_map
 from dream_s_edge.draft.model import DreamDraft, build_vocab_map
 from dream_s_edge.draft.spec import DraftSpec
+from dream_s_edge.draft.vocab_prune import load_token_counts
 from dream_s_edge.runners.draft_factory import target_dims
 from runtime.errors import TrainingError
 
@@ -78,11 +78,6 @@ def start_vocabulary(folder: str | None) -> torch.Tensor | None:
 
 def start_token_counts(folder: str | None, counts: torch.Tensor) -> torch.Tensor:
     """The data's answer-token counts [V] plus those saved with the warm start's draft, if any."""
-    path = None if folder is None else Path(folder) / TOKEN_COUNTS_FILE
-    if path is None or not path.is_file():
+    if folder is None or not (Path(folder) / TOKEN_COUNTS_FILE).is_file():
         return counts
-    saved = torch.from_numpy(np.load(path)).to(counts.dtype)
-    if saved.shape != counts.shape:
-        raise TrainingError(f"The --init-from draft's {TOKEN_COUNTS_FILE} counts another vocabulary.",
-                            note=f"{tuple(saved.shape)} against the data's {tuple(counts.shape)}")
-    return counts + saved
+    return counts + torch.from_numpy(load_token_counts(folder, counts.numel())).to(counts.dtype)
