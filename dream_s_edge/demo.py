@@ -34,7 +34,7 @@ from runtime.tree import TreeSpec
 logger = logging.getLogger(__name__)
 
 # Bump when the cached folder depends on something the key does not cover yet.
-CACHE_FORMAT_VERSION = 4  # 2: draft_step outputs only the last head_rows tokens; 3: draft_step traced with static head sizes; 4: draft_chain graph
+CACHE_FORMAT_VERSION = 5  # 2: draft_step outputs only the last head_rows tokens; 3: draft_step traced with static head sizes; 4: draft_chain graph; 5: tree calibration
 CACHE_PREFIX = "demo-artifacts-"
 UNTRAINED = "untrained"  # export's name for a freshly initialised (seeded) draft
 DEFAULT_QUESTION = "Describe this picture in one sentence."
@@ -45,21 +45,25 @@ class DemoExportSettings:
     """How the demo exports the default target and draft (the cache key covers every field but parity)."""
 
     max_context: int = 1024  # committed tokens the runtime's KV cache holds
-    # Measured best on onnxruntime CPU (docs/measurements/default-draft/tree_sweep_ort_cpu_v2.json): a
-    # depth-8 tree of at most 16 nodes without candidates below 5% draft probability, and int4 draft
-    # weights (the draft step reads its weights once per call, so int4 makes a round about half as
-    # long; the target stays float32).
-    tree: TreeSpec = field(default_factory=lambda: TreeSpec.dynamic(top_k=4, depth=8, node_budget=16, min_prob=0.05))
+    # Measured best on onnxruntime CPU (docs/measurements/default-draft/): a depth-8 tree of at most 16
+    # nodes without candidates below 10% estimated acceptance (the calibrated draft probability, below;
+    # `tune`'s break-even rule gives about 0.1 on 2-core CPUs), and int4 draft weights (the draft step
+    # reads its weights once per call, so int4 makes a round about half as long; the target stays float32).
+    tree: TreeSpec = field(default_factory=lambda: TreeSpec.dynamic(top_k=4, depth=8, node_budget=16, min_prob=0.1))
     draft_weights: str = "int4"  # draft_step MatMul weights: float32, int8 or int4
     # The draft's 4,096 most frequent tokens of its 16,384: the training answers use about 1,200, and
     # the smaller head makes a draft pass about a fifth shorter (docs/measurements/default-draft/).
     draft_vocab: int | None = 4096
+    # Prompts `dream-s-edge calibrate` decodes after the export to map the draft's probabilities to the
+    # target's acceptance (dream_s_edge/calibration.py); 0: raw draft probabilities. With a trained draft
+    # only: an untrained one has nothing to calibrate.
+    calibration_prompts: int = 128
     parity: bool = True  # check every graph against PyTorch while exporting (does not change the files)
 
     def key_dict(self) -> dict:
         """The fields that change the exported files, JSON-ready."""
         return {"max_context": self.max_context, "draft_weights": self.draft_weights, "tree": self.tree.to_dict(),
-                "draft_vocab": self.draft_vocab}
+                "draft_vocab": self.draft_vocab, "calibration_prompts": self.calibration_prompts}
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,10 @@ def cached_export(target_dir: Path, draft_dir: Path | None, settings: DemoExport
                                       tree=settings.tree, parity=settings.parity,
                                       draft_weights=settings.draft_weights,
                                       draft_vocab=settings.draft_vocab if draft_dir is not None else None))
+        if draft_dir is not None and settings.calibration_prompts > 0:
+            from dream_s_edge.calibration import CalibrationRun, calibrate
+
+            calibrate(CalibrationRun(artifacts=tmp, count=settings.calibration_prompts))
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same export first: keep its folder

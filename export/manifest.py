@@ -13,6 +13,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from runtime.errors import ManifestError
 from runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, sha256_of
 
 
@@ -57,4 +58,24 @@ def write_manifest(folder: Path, body: dict, files: dict[str, str]) -> Path:
     path = folder / MANIFEST_NAME
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     Manifest.load(folder)  # the runtime's own check, so export never leaves a folder it would refuse
+    return path
+
+
+def update_manifest(folder: Path, updates: dict[str, dict]) -> Path:
+    """Sets fields inside sections of an existing folder's manifest.json (e.g. {"draft": {"calibration": ...}})
+    and checks it loads again; the files and their sha256 are untouched.
+
+    Raises:
+        ManifestError: the folder's manifest is missing or invalid, or a section to update is missing.
+    """
+    folder = Path(folder)
+    data = dict(Manifest.load(folder, verify_checksums=False).data)
+    for section, fields in updates.items():
+        if not isinstance(data.get(section), dict):
+            raise ManifestError(f"The manifest has no {section!r} section to update.",
+                                note=f"{folder / MANIFEST_NAME}", hint="re-export the folder")
+        data[section] = {**data[section], **fields}
+    path = folder / MANIFEST_NAME
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    Manifest.load(folder, verify_checksums=False)
     return path

@@ -36,6 +36,9 @@ from runtime.tree import TreeBuffers, TreeSpec, build_tree, tree_buffers
 logger = logging.getLogger(__name__)
 
 TokenCallback = Callable[[np.ndarray], None]
+# Called after each speculative pass's acceptance with (tree, verify result, acceptance): an observer
+# for analysis and calibration (`runtime/tree_calibration.py`); it must not change what it is given.
+PassCallback = Callable[[TreeBuffers, VerifyResult, AcceptResult], None]
 
 
 @dataclass
@@ -245,6 +248,7 @@ def speculative_generate(
     eos_ids: Iterable[int] = (),
     rng: np.random.Generator | None = None,
     on_tokens: TokenCallback | None = None,
+    on_pass: PassCallback | None = None,
 ) -> GenerationResult:
     """Generates with speculative tree decoding; lossless w.r.t. the target's (processed) sampling.
 
@@ -258,6 +262,8 @@ def speculative_generate(
         eos_ids: token ids that end generation (kept in the output).
         rng: seeded generator for sampling (default: np.random.default_rng(0)).
         on_tokens: called with each chunk of new token ids [c] as soon as it is final.
+        on_pass: called after each pass's acceptance with the tree, the target's verify result and
+            the acceptance (see `PassCallback`).
 
     Returns:
         GenerationResult with the new tokens, the stop reason and the metrics.
@@ -276,6 +282,8 @@ def speculative_generate(
         tree = draft_tree(state, draft, tree_spec)
         result = verify(state, target, tree)
         outcome = accept(tree, result, sampling, rng)
+        if on_pass is not None:
+            on_pass(tree, result, outcome)
         state.metrics.record_pass(outcome.accepted)
         _emit(state, _round_chunk(tree, outcome))
         if not state.done:  # after a stop the caches are left as they are; prefill resets them

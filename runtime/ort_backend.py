@@ -93,12 +93,16 @@ class OrtGraph:
             )
         check_session_io(graph, contract, self.session)
         self.contract = contract
+        self._names: dict[tuple[str, str], list[str]] = {}
         self.binding = self.session.io_binding()
 
     def names(self, side: str, role: str) -> list[str]:
         """Names of the contract's tensors with `role` on `side` ("inputs"/"outputs"), in layer order."""
-        found = [t for t in self.contract[side] if t["role"] == role]
-        return [t["name"] for t in sorted(found, key=lambda t: t.get("layer") or 0)]
+        key = (side, role)
+        if key not in self._names:  # looked up on every call of a step: read the contract once
+            found = [t for t in self.contract[side] if t["role"] == role]
+            self._names[key] = [t["name"] for t in sorted(found, key=lambda t: t.get("layer") or 0)]
+        return self._names[key]
 
     def name(self, side: str, role: str) -> str | None:
         """The one tensor with `role` on `side`, or None if the graph has none."""

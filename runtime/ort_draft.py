@@ -29,6 +29,7 @@ from runtime.manifest import Manifest
 from runtime.ort_backend import DeviceBuffer, OrtGraph, SlotKV
 from runtime.prompt_head import shared_prefix
 from runtime.runner import PrefillResult, Proposal, RunnerLimits
+from runtime.tree_calibration import TreeCalibration
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class OrtDraftRunner:
         self.limits = RunnerLimits(max_context=context, node_budget=scratch, max_depth=int(section["max_depth"]))
         self.embeddings = embeddings
         self.d2t = np.load(manifest.path("draft_d2t")) if manifest.has("draft_d2t") else None
+        calibration = section.get("calibration")  # written by `dream-s-edge calibrate`; None: raw draft scores
+        self.calibration = None if calibration is None else TreeCalibration.from_dict(calibration)
         self._heads = int(spec["num_kv_heads"])
         # head width: explicit for DREAM-S sub-networks that keep fewer heads (see DraftSpec.attention_head_dim)
         self._dim = int(spec.get("attention_head_dim") or int(spec["hidden_size"]) // int(spec["num_heads"]))

@@ -152,6 +152,9 @@ class DraftRunner(Protocol):
             rows pad a level with fewer nodes): engines with fixed shapes (TensorRT) do; runners
             that take any n (onnxruntime, PyTorch) say False and get only the real nodes. A runner
             without the attribute is padded.
+        calibration: the `runtime.tree_calibration.TreeCalibration` a dynamic tree scores this
+            draft's candidates with (the target's measured acceptance of its probabilities), or
+            None for the raw draft probabilities. A runner without the attribute is uncalibrated.
     """
 
     limits: RunnerLimits

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.accept import SamplingConfig
-from runtime.decode import GenerationResult, autoregressive_generate, speculative_generate
+from runtime.decode import GenerationResult, PassCallback, autoregressive_generate, speculative_generate
 from runtime.detokenize import TextStreamer
 from runtime.images import load_image
 from runtime.manifest import Manifest
@@ -73,8 +73,10 @@ class Session:
         return cls(Manifest.load(folder), **kwargs)
 
     def generate(self, image, question: str, max_new_tokens: int = 96, sampling: SamplingConfig | None = None,
-                 on_tokens=None, speculative: bool | None = None, seed: int = 0) -> GenerationResult:
-        """Runs the loop on one question; `image` is a PIL image, a path, or None."""
+                 on_tokens=None, speculative: bool | None = None, seed: int = 0,
+                 on_pass: PassCallback | None = None) -> GenerationResult:
+        """Runs the loop on one question; `image` is a PIL image, a path, or None. `on_pass` observes
+        every speculative pass (`runtime.decode.PassCallback`)."""
         if isinstance(image, (str, Path)):
             image = load_image(image)
         prompt = self.prompts.build(image, question)
@@ -82,7 +84,7 @@ class Session:
                       rng=np.random.default_rng(seed), on_tokens=on_tokens)
         use_draft = self.draft is not None if speculative is None else speculative and self.draft is not None
         if use_draft:
-            return speculative_generate(self.target, self.draft, prompt, self.tree, **common)
+            return speculative_generate(self.target, self.draft, prompt, self.tree, on_pass=on_pass, **common)
         return autoregressive_generate(self.target, prompt, **common)
 
     def ask(self, image, question: str, stream: bool = True, **kwargs) -> Iterator[str] | Answer:

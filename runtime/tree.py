@@ -266,6 +266,11 @@ def dynamic_tree(
     Candidates whose token is in `stop_ids` (EOS) stay leaves: generation ends at them, so nothing
     below one could ever be emitted, and the frontier's k places go to the others.
 
+    A draft with a `calibration` (`runtime.tree_calibration.TreeCalibration`, from its manifest)
+    has its log-probabilities mapped to the target's measured acceptance before they are summed,
+    so scores, frontier, selection and `min_prob` all rank candidates by their estimated chance of
+    being accepted rather than by the draft's own confidence.
+
     Args:
         spec: a dynamic TreeSpec.
         draft: the draft runner; its committed cache ends with the root.
@@ -281,8 +286,9 @@ def dynamic_tree(
     """
     _check_proposal(proposal, 1, spec.top_k)
     k = spec.top_k
+    calibration = getattr(draft, "calibration", None)
     tokens = proposal.token_ids[0].astype(np.int64)  # [C] every candidate so far
-    scores = _clamp(proposal.logprobs[0])  # [C] cumulative log-probs
+    scores = _scores(proposal.logprobs, calibration)[0]  # [C] cumulative log-probs
     parents = np.full(k, -1, dtype=np.int64)  # [C] parent candidate, -1 = the root
     depth = np.ones(k, dtype=np.int64)  # [C]
     slot_of: dict[int, int] = {}
@@ -291,7 +297,7 @@ def dynamic_tree(
     block = np.arange(k)  # candidates of the deepest level so far
     deepest = spec.depth if max_depth is None else max(1, min(spec.depth, max_depth))
     for d in range(1, deepest):
-        open_ = block[~np.isin(tokens[block], stops)]  # EOS candidates stay leaves
+        open_ = block[~_is_stop(tokens[block], stops)]  # EOS candidates stay leaves
         frontier = open_[_top(scores[open_], k)]  # [f <= k]
         frontier = frontier[scores[frontier] >= floor]
         frontier = frontier[_can_place_child(scores, frontier, spec.node_budget - 1)]
@@ -305,7 +311,7 @@ def dynamic_tree(
         step = _run_step(draft, spec, tokens[frontier], slots, anc, root_position + d, unused)
         block = tokens.shape[0] + np.arange(f * k)
         tokens = np.concatenate([tokens, step.token_ids.reshape(-1).astype(np.int64)])
-        scores = np.concatenate([scores, (scores[frontier, None] + _clamp(step.logprobs)).reshape(-1)])
+        scores = np.concatenate([scores, (scores[frontier, None] + _scores(step.logprobs, calibration)).reshape(-1)])
         parents = np.concatenate([parents, np.repeat(frontier, k)])
         depth = np.concatenate([depth, np.full(f * k, d + 1, dtype=np.int64)])
     keep = _select(parents, scores, depth, spec.node_budget - 1)  # [m] ascending
@@ -326,8 +332,20 @@ def _can_place_child(scores: np.ndarray, frontier: np.ndarray, budget: int) -> n
 
 def _clamp(logprobs: np.ndarray) -> np.ndarray:
     """float64 log-probs clamped to (-inf, 0]; NaN becomes -inf (never preferred)."""
-    lp = np.nan_to_num(logprobs.astype(np.float64), nan=-np.inf, posinf=0.0)
-    return np.minimum(lp, 0.0)
+    lp = np.array(logprobs, dtype=np.float64)
+    lp[np.isnan(lp)] = -np.inf
+    return np.minimum(lp, 0.0, out=lp)
+
+
+def _scores(logprobs: np.ndarray, calibration) -> np.ndarray:
+    """[n, K] per-candidate scores: clamped draft log-probs, mapped by the draft's calibration if any."""
+    lp = _clamp(logprobs)
+    return lp if calibration is None else calibration.apply(lp)
+
+
+def _is_stop(tokens: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """[c] bool, tokens found in `stops` (a handful of EOS ids: a broadcast compare beats np.isin)."""
+    return (tokens[:, None] == stops[None, :]).any(axis=1)
 
 
 def _candidate_ancestors(parents: np.ndarray, c: int) -> list[int]:

@@ -36,6 +36,8 @@ class TreeSpec:
         min_prob: dynamic trees only: candidates whose cumulative draft probability is below it are
             left out, and the tree stops growing at a depth where no frontier node reaches it; the
             tree then holds fewer than N nodes (verify runs on what is left). 0: always N nodes.
+            With a calibrated draft (`runtime/tree_calibration.py`) the probability compared is the
+            estimated acceptance by the target.
             Worth it where each verified node costs (a CPU): a node pays when its acceptance
             probability times t_AR exceeds the extra verify time it costs.
     """

@@ -29,3 +29,13 @@ def exported_tiny(tmp_path_factory, model_dirs, tiny_tree):
     out = tmp_path_factory.mktemp("artifacts")
     export_artifacts(ExportConfig(out=out, max_context=64, draft="untrained", tree=tiny_tree), adapter=adapter)
     return out, adapter
+
+
+@pytest.fixture()
+def exported_copy(exported_tiny, tmp_path):
+    """A writable copy of the tiny export, for tests that edit its manifest (the session's folder stays as it is)."""
+    import shutil
+
+    folder, _ = exported_tiny
+    shutil.copytree(folder, tmp_path / "copy")
+    return tmp_path / "copy"

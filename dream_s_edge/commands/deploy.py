@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Adds this group's subcommands."""
     _add_demo(sub)
     _add_export(sub)
+    _add_calibrate(sub)
     _add_ask(sub)
     _add_build_engines(sub)
     _add_camera(sub)
@@ -112,6 +113,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="keep the draft's N most frequent tokens (by its training data's counts): a smaller "
                         "head on every draft call; the target still decides every token")
     p.add_argument("--no-parity", action="store_true", help="skip the Polygraphy parity checks")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="then calibrate the dynamic tree on N prompts of the distillation mix (as "
+                        "`dream-s-edge calibrate` does; 0: leave the draft's probabilities raw)")
     p.set_defaults(func=_run_export)
 
 
@@ -139,7 +143,48 @@ def _run_export(args: argparse.Namespace) -> int:
         draft_weights=args.draft_weights,
         draft_vocab=args.draft_vocab,
     )
-    print(export_artifacts(config))
+    folder = export_artifacts(config)
+    if args.calibrate > 0 and draft is not None:
+        from dream_s_edge.calibration import CalibrationRun, calibrate, summary_lines
+
+        for line in summary_lines(calibrate(CalibrationRun(artifacts=Path(folder), count=args.calibrate))):
+            print(line, file=sys.stderr)
+    print(folder)
+    return 0
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    from dream_s_edge.calibration import DEFAULT_PROMPTS
+
+    p = sub.add_parser(
+        "calibrate", help="measure how often the target accepts the draft's candidates and score an exported "
+                          "folder's dynamic trees by it (written into its manifest)")
+    p.add_argument("--artifacts", required=True, help="folder written by `dream-s-edge export` (with a draft)")
+    p.add_argument("--prompts", default=None,
+                   help="JSON lines of {\"image\": path or null, \"question\": str} (default: prompts drawn from the "
+                        "distillation mix with a seed of their own, never the bench's held-out prompts)")
+    p.add_argument("--count", type=int, default=DEFAULT_PROMPTS,
+                   help=f"prompts to decode (the first N of --prompts; default {DEFAULT_PROMPTS})")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dream_s_edge.calibration import CalibrationRun, calibrate, summary_lines
+    from runtime.errors import UserInputError
+
+    if args.count < 1:
+        raise UserInputError("--count must be at least 1.", note=f"--count {args.count}")
+    run = CalibrationRun(artifacts=Path(args.artifacts), prompts_file=Path(args.prompts) if args.prompts else None,
+                         count=args.count, max_new_tokens=args.max_new_tokens, threads=args.threads)
+    report = calibrate(run)
+    for line in summary_lines(report):
+        print(line)
+    print(f"written into {run.artifacts / 'manifest.json'} (draft.calibration); "
+          f"report {run.artifacts / 'calibration.json'}, plot {run.artifacts / 'calibration.png'}")
     return 0
 
 

@@ -65,6 +65,8 @@ PHOTO_QUESTIONS = (
 MIXED_OPEN_OFFSET = 100_000
 # Scene indices: training prompts draw from [0, HELDOUT_SEED_BASE); plain-seed held-out scenes lie above.
 HELDOUT_SEED_BASE = 1_000_000
+# The seed of `calibration_prompts` (distill-data runs use small seeds: 0, 1, ...).
+CALIBRATION_SEED = 7_000
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,18 @@ def training_prompts(num_scene: int, num_photo: int, num_text: int, seed: int) -
     order = rng.permutation(len(texts))[:num_text]
     text = [PromptSpec("text", str(int(i)), texts[int(i)]) for i in order]
     return _interleave([scenes, photos, text])
+
+
+def calibration_prompts(count: int, seed: int = CALIBRATION_SEED) -> list[PromptSpec]:
+    """`count` prompts of the training mix's kinds for `dream-s-edge calibrate`: five eighths scenes
+    (train split, own or open questions), two eighths training photographs, one eighth text.
+
+    The seed is its own, so the scenes are not the distillation prompts of seeds 0, 1, ... (the
+    photographs and instructions come from the same pools); none is a held-out bench prompt (test
+    split, held-out photographs).
+    """
+    photos, texts = count * 2 // 8, count // 8
+    return training_prompts(count - photos - texts, photos, texts, seed)[:count]
 
 
 def heldout_prompts(num_scene: int, num_photo: int, seed: int, num_open_scene: int = 0,

@@ -57,8 +57,9 @@ def test_export_key_covers_target_draft_version_and_settings(tmp_path) -> None:
         export_key("default-target-abc", None, settings, version="1.0"),
         export_key("default-target-abc", draft, DemoExportSettings(draft_vocab=2048), version="1.0"),
         export_key("default-target-abc", _draft(tmp_path / "d", b"weights", b"other"), settings, version="1.0"),
+        export_key("default-target-abc", draft, DemoExportSettings(calibration_prompts=0), version="1.0"),
     }
-    assert key not in others and len(others) == 9
+    assert key not in others and len(others) == 10
     assert key == export_key("default-target-abc", draft, DemoExportSettings(parity=False), version="1.0")
     unpruned = DemoExportSettings(draft_vocab=None)  # then the counts do not matter
     assert export_key("default-target-abc", draft, unpruned, version="1.0") == export_key(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -12,11 +11,8 @@ from runtime.manifest import Manifest
 
 
 @pytest.fixture()
-def copy(exported_tiny, tmp_path):
-    folder, _ = exported_tiny
-    out = tmp_path / "copy"
-    shutil.copytree(folder, out)
-    return out
+def copy(exported_copy):
+    return exported_copy
 
 
 def _edit(folder, change) -> None:

@@ -48,3 +48,18 @@ def test_mixed_heldout_prompts_take_every_kind_in_turn_and_nest():
     assert six[2].question in SCENE_QUESTIONS and six[5].question in SCENE_QUESTIONS  # the open ones
     assert mixed_heldout_prompts(9, seed=0)[:6] == six  # calibration / measurement slices stay disjoint
     assert len({p.key for p in six if p.source == "scene"}) == 4
+
+
+def test_calibration_prompts_are_their_own_mix() -> None:
+    from dream_s_edge.distill.prompts import calibration_prompts, heldout_prompts, training_prompts
+
+    specs = calibration_prompts(64)
+    assert specs == calibration_prompts(64) and len(specs) == 64
+    kinds = [s.source for s in specs]
+    assert (kinds.count("scene"), kinds.count("photo"), kinds.count("text")) == (40, 16, 8)
+    scenes = {s.key for s in specs if s.source == "scene"}
+    assert all(key.startswith("train:") or int(key) < 1_000_000 for key in scenes)  # never a held-out scene
+    distilled = {s.key for seed in (0, 1) for s in training_prompts(330, 88, 174, seed) if s.source == "scene"}
+    assert len(scenes & distilled) <= 1  # a random collision at most, out of a million scenes
+    assert not {(s.key, s.question) for s in specs} & {(s.key, s.question) for s in heldout_prompts(12, 8, 0, 8)}
+    assert len(calibration_prompts(5)) == 5
