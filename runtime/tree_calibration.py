@@ -75,13 +75,12 @@ class TreeCalibration:
         Returns:
             [n, K] float64 log(accept probability), each < 0.
         """
-        lp = np.asarray(logprobs, dtype=np.float64)
+        lp = np.minimum(np.asarray(logprobs, dtype=np.float64), np.log1p(-EPS))
         a = np.full(lp.shape[-1], self.other[0])
         b = np.full(lp.shape[-1], self.other[1])
         a[0], b[0] = self.top1
-        z = a + b * _logit(np.exp(lp))
-        out = -np.logaddexp(0.0, -z)  # log sigmoid(z)
-        return np.where(np.isneginf(lp), -np.inf, out)
+        z = a + b * (lp - np.log1p(-np.exp(lp)))  # logit(p) from log p; -inf stays -inf (b > 0)
+        return -np.logaddexp(0.0, -z)  # log sigmoid(z)
 
     def accept_probability(self, p: np.ndarray, top1: np.ndarray) -> np.ndarray:
         """[M] calibrated acceptance of candidates with draft probability p [M] and rank group top1 [M] bool."""
