@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dream_s_edge.bench.run import read_prompts  # noqa: E402
 from runtime.images import load_image  # noqa: E402
 from runtime.session import Session  # noqa: E402
 from runtime.tree import TreeSpec  # noqa: E402
@@ -37,14 +38,12 @@ def _setting(text: str, top_k: int) -> tuple[str, TreeSpec, bool]:
 
 
 def _prompts(text: str) -> list[tuple[str, object, str, int]]:
+    """(file stem, image, question, max new tokens) of every line of every FILE:N given."""
     out = []
     for item in text.split(","):
         path, _, tokens = item.partition(":")
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                image = None if entry.get("image") is None else load_image(entry["image"])
-                out.append((Path(path).stem, image, entry["question"], int(tokens or 64)))
+        for image, question in read_prompts(path):
+            out.append((Path(path).stem, None if image is None else load_image(image), question, int(tokens or 64)))
     return out
 
 
