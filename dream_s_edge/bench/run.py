@@ -12,6 +12,12 @@ generate calls (prefill included); the speedup is the ratio of the two. `decode_
 methods), which short answers otherwise dominate. `time_split` sums each method's prefill / draft /
 verify / host seconds.
 
+`limits` says how far the draft alone could move the whole-call speedup on these prompts:
+`prefill_share` is the speculative calls' prefill time over their wall time (the part speculation
+cannot shorten), and `zero_cost_draft_speedup` the whole-call speedup if drafting cost nothing at the
+measured τ: autoregressive wall time over (autoregressive prefill + speculative verify + host). The
+autoregressive prefill stands for the target's own, since the speculative one includes the draft's.
+
 Unless `hf=False` (`--no-hf`), HF transformers' `generate` (greedy) on the PyTorch model
 (`backend.hf_model_dir()`) is timed on the same prompts too, as the reference a user would otherwise
 pick: `hf_generate` holds its tokens/s and how many of its outputs equal the backend's autoregressive
@@ -150,6 +156,14 @@ def _time_split(rows: list[dict], method: str) -> dict:
     return {k: float(sum(r[method][k] for r in rows)) for k in keys}
 
 
+def _limits(split: dict) -> dict:
+    """What the draft could still change (see the module docstring), from both methods' time split."""
+    ar, spec = split["autoregressive"], split["speculative"]
+    free = ar["prefill_s"] + spec["verify_s"] + spec["host_s"]
+    return {"prefill_share": spec["prefill_s"] / max(spec["wall_s"], 1e-9),
+            "zero_cost_draft_speedup": ar["wall_s"] / max(free, 1e-9)}
+
+
 def _hf_section(rows: list[dict], hf, rate: dict) -> dict:
     wall = sum(r["hf_generate"]["wall_s"] for r in rows)
     tokens = sum(r["hf_generate"]["new_tokens"] for r in rows)
@@ -174,6 +188,7 @@ def _report(config: BenchConfig, backend, rows: list[dict], hf=None) -> dict:
     rate = {m: sum(r["tokens"][m] for r in rows) / max(sum(r[m]["wall_s"] for r in rows), 1e-9)
             for m in ("autoregressive", "speculative")}
     decode = {m: _decode_rate(rows, m) for m in ("autoregressive", "speculative")}
+    split = {m: _time_split(rows, m) for m in ("autoregressive", "speculative")}
     report = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": asdict(config), "backend": backend.name, "device": backend.device,
@@ -188,7 +203,8 @@ def _report(config: BenchConfig, backend, rows: list[dict], hf=None) -> dict:
         "speedup": rate["speculative"] / max(rate["autoregressive"], 1e-9),
         "decode_tokens_per_s": decode,
         "decode_speedup": decode["speculative"] / max(decode["autoregressive"], 1e-9),
-        "time_split": {m: _time_split(rows, m) for m in ("autoregressive", "speculative")},
+        "time_split": split,
+        "limits": _limits(split),
         "greedy_identical": all(r["identical"] for r in rows),
         "identical_prompts": sum(r["identical"] for r in rows),
         "mismatched_prompts": [i for i, r in enumerate(rows) if not r["identical"]],

@@ -398,7 +398,11 @@ def _run_bench(args: argparse.Namespace) -> int:
     versus = f", HF generate {hf['tokens_per_s']:.1f} tok/s (AR/HF {report['ar_vs_hf']:.2f}x)" if hf else ""
     print(
         f"tau {report['tau']['mean']:.2f}, AR {report['tokens_per_s']['autoregressive']:.1f} tok/s, "
-        f"speculative {report['tokens_per_s']['speculative']:.1f} tok/s, speedup {report['speedup']:.2f}x"
-        f"{versus}, greedy identical: {report['greedy_identical']} -> {args.json_out}"
+        f"speculative {report['tokens_per_s']['speculative']:.1f} tok/s, speedup {report['speedup']:.2f}x "
+        f"(decode {report['decode_speedup']:.2f}x){versus}, greedy identical: {report['greedy_identical']} "
+        f"-> {args.json_out}"
     )
+    limits = report["limits"]
+    print(f"prefill is {limits['prefill_share']:.0%} of the speculative time; with a draft that cost nothing "
+          f"the speedup would be {limits['zero_cost_draft_speedup']:.2f}x")
     return 0

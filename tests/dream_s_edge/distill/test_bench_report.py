@@ -32,6 +32,11 @@ def test_bench_json(tiny_data_dir, tiny_target_dir, tmp_path):
         assert rate == pytest.approx(tokens / seconds)
     assert report["decode_speedup"] == pytest.approx(report["decode_tokens_per_s"]["speculative"]
                                                      / report["decode_tokens_per_s"]["autoregressive"])
+    ar, spec = report["time_split"]["autoregressive"], report["time_split"]["speculative"]
+    assert report["limits"]["prefill_share"] == pytest.approx(spec["prefill_s"] / spec["wall_s"])
+    assert 0 < report["limits"]["prefill_share"] < 1
+    assert report["limits"]["zero_cost_draft_speedup"] == pytest.approx(
+        ar["wall_s"] / (ar["prefill_s"] + spec["verify_s"] + spec["host_s"]))
     assert report["greedy_identical"] is True and report["mismatched_prompts"] == []
     assert out.with_suffix(".png").stat().st_size > 1000
 
