@@ -24,7 +24,7 @@ accepts it, which is also what `min_prob` and the tuner's break-even rule compar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -219,4 +219,4 @@ def log_loss(samples: np.ndarray, calibration: TreeCalibration | None = None) ->
 def sampling_tree(spec: TreeSpec) -> TreeSpec:
     """The tree calibration decodes with: the spec's shape with no pruning, so candidates of every
     probability get tested."""
-    return TreeSpec(kind="dynamic", top_k=spec.top_k, depth=spec.depth, node_budget=spec.node_budget)
+    return replace(spec, min_prob=0.0)
